@@ -1,0 +1,41 @@
+# Two commands on a fresh clone (each sets up .venv with the pinned dependencies first):
+#   make demo   - the main job: train + evaluate a ConvNeXt on the built-in synthetic dataset
+#   make test   - the default test suite (slow tests: make test-slow)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/synthetic_demo
+PYTEST_ARGS ?=
+
+.PHONY: install install-reference demo test test-slow benchmark clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# PyTorch references for parity tests and benchmarks: CPU torch, and timm without its torchvision
+# dependency (see README: torchvision's registry wheel is a CUDA build).
+$(VENV)/.installed-reference: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[reference]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps timm
+	touch $@
+
+install: $(VENV)/.installed
+install-reference: $(VENV)/.installed-reference
+
+demo: $(VENV)/.installed
+	$(PY) -m fer_jax.main --config=experiments/convnext_synthetic.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed-reference
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed-reference
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+benchmark: $(VENV)/.installed-reference
+	$(PY) benchmarks/convnext_train_step.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Evaluation metrics (clu metrics where they accumulate over batches)."""

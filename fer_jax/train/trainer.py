@@ -1,0 +1,455 @@
+"""The shared SPMD trainer: every experiment config runs through :func:`train_and_evaluate`.
+
+Reads top to bottom as big_vision's train.py does: mesh -> input -> model and optimizer (shapes with
+``jax.eval_shape``) -> shardings -> update step (``jax.jit``, donated state, explicit out shardings) ->
+checkpoint (Orbax, train state + grain iterator) -> evaluators -> loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import flax.struct
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from fer_jax import registry
+from fer_jax.data import pipeline, sources
+from fer_jax.metrics import classification
+from fer_jax.train import optim, plots, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # non-trainable collections (e.g. batch_stats); {} when the model has none
+  ema_params: Any  # exponential moving average of params; {} when config.ema.decay == 0
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model, inputs, steps.
+# ----------------------------------------------------------------------------------------------------
+
+def create_model(config: ml_collections.ConfigDict):
+  kwargs = dict(config.get("model", {}))
+  if config.get("compute_dtype", "float32") != "float32":
+    kwargs["dtype"] = jnp.dtype(config.compute_dtype)
+  return registry.get_model(config.model_name, **kwargs)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
+  size = config.input.get("crop") or config.input.get("resize") or config.dataset.image_size
+  return (size, size, config.input.get("channels", 3))
+
+
+def preprocess_images(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """uint8 (..., H, W, c) -> float32 in [0, 1], optional mean/std, grey -> ``input.channels``."""
+  x = images.astype(jnp.float32) / 255.0
+  channels = config.input.get("channels", 3)
+  if x.shape[-1] == 1 and channels == 3:
+    x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
+  elif x.shape[-1] != channels:
+    raise ValueError(f"Images have {x.shape[-1]} channels; config.input.channels={channels}")
+  if config.input.get("mean") is not None:
+    x = (x - jnp.asarray(config.input.mean)) / jnp.asarray(config.input.std)
+  return x
+
+
+def _apply(model, params, model_state, x, train, rng):
+  variables = {"params": params, **model_state}
+  if train and model_state:
+    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state))
+  out = model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None)
+  return out, model_state
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy against (optionally smoothed) one-hot targets."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *, model, tx,
+               config) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer step. A non-finite loss or gradient leaves the state untouched (``finite`` = 0)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  x = preprocess_images(batch["image"], config)
+  num_classes = config.dataset.num_classes
+
+  def loss_fn(params):
+    logits, new_model_state = _apply(model, params, state.model_state, x, True, step_rng)
+    loss = cross_entropy(logits, batch["label"], num_classes, config.loss.get("label_smoothing", 0.0))
+    return loss, (logits, new_model_state)
+
+  (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  decay = config.ema.get("decay", 0.0)
+  if decay:
+    every = config.ema.get("every", 1)
+    d = jnp.where((state.step + 1) % every == 0, decay, 1.0)
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=new_model_state, ema_params=ema)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+  metrics = {
+      "loss": loss, "grad_norm": grad_norm, "finite": finite,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+  }
+  return new_state, metrics
+
+
+def eval_step(params, model_state, batch, *, model, config) -> Dict[str, jax.Array]:
+  """Predictions for a batch; ten-crop batches (B, 10, H, W, C) average the logits over crops."""
+  images = batch["image"]
+  crops = images.ndim == 5
+  if crops:
+    b, n = images.shape[:2]
+    images = images.reshape((b * n,) + images.shape[2:])
+  logits, _ = _apply(model, params, model_state, preprocess_images(images, config), False, None)
+  logits = logits.astype(jnp.float32)
+  if crops:
+    logits = logits.reshape(b, n, -1).mean(1)
+  return {"logits": logits, "predictions": jnp.argmax(logits, -1), "labels": batch["label"],
+          "mask": batch["mask"]}
+
+
+def create_train_state(config, model, tx, rng, mesh) -> Tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings (shapes first via ``jax.eval_shape``)."""
+  dummy = jnp.zeros((1,) + input_shape(config), jnp.float32)
+
+  def init(rng):
+    variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    ema = jax.tree.map(jnp.copy, params) if config.ema.get("decay", 0.0) else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=variables, ema_params=ema)
+
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding.tree_shardings(abstract, mesh, config.sharding.rules)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------------------------------
+
+def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  cc = config.checkpoint
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=cc.get("keep", 3), save_interval_steps=cc.get("every_steps", 1000),
+      enable_async_checkpointing=cc.get("async", True), create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options, item_names=("state", "data"))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, train_iter=None,
+                       step: Optional[int] = None):
+  """Restores ``state`` (shardings taken from the given state) and, if given, the grain iterator."""
+  step = manager.latest_step() if step is None else step
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  items = {"state": ocp.args.StandardRestore(abstract)}
+  if train_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # orbax raises many kinds; we name the path and keep the files.
+    path = os.path.join(str(manager.directory), str(step))
+    raise RuntimeError(
+        f"Could not restore the checkpoint at {path} (step {step}): {type(e).__name__}: {e}\n"
+        "Nothing was deleted. If the checkpoint is corrupt, move that directory away and rerun to "
+        "resume from the previous one, or use a new --workdir.") from e
+  return restored["state"], step
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------------------------------
+
+def _global_batch(batch: Dict[str, np.ndarray], batch_sharding) -> Dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def evaluate(jit_eval_step, params, model_state, dataset, batch_sharding,
+             num_classes: int) -> Tuple[Dict[str, Any], np.ndarray]:
+  """Runs one pass over ``dataset``; returns (scores, confusion matrix)."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  for batch in dataset:
+    out = jax.device_get(jit_eval_step(params, model_state, _global_batch(batch, batch_sharding)))
+    cm += classification.confusion_matrix(out["labels"], out["predictions"], num_classes, out["mask"])
+  return classification.scores_from_confusion(cm), cm
+
+
+def _class_names(builder, label_key: str, num_classes: int):
+  try:
+    names = list(builder.info.features[label_key].names)
+  except (KeyError, AttributeError):
+    names = []
+  return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def _write_eval(writer, workdir, prefix, step, scores, cm, class_names, plot: bool):
+  scalars = {f"{prefix}/accuracy": scores["accuracy"], f"{prefix}/macro_f1": scores["macro_f1"]}
+  scalars.update({f"{prefix}/f1_{n}": f for n, f in zip(class_names, scores["f1"])})
+  writer.write_scalars(step, scalars)
+  if plot and jax.process_index() == 0:
+    image = plots.save_confusion_matrix(
+        cm, class_names, os.path.join(workdir, f"confusion_matrix_{prefix}.png"),
+        title=f"{prefix} (step {step}): acc {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
+    writer.write_images(step, {f"{prefix}/confusion_matrix": image[None]})
+
+
+def _jsonable(scores: Dict[str, Any], cm: np.ndarray, class_names) -> Dict[str, Any]:
+  return {
+      "accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"]),
+      "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                    for n, p, r, f, s in zip(class_names, scores["precision"], scores["recall"],
+                                             scores["f1"], scores["support"])},
+      "confusion_matrix": cm.tolist(), "class_names": list(class_names),
+  }
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------------
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _num_train_steps(config, num_examples: int) -> int:
+  if config.get("num_train_steps"):
+    return int(config.num_train_steps)
+  if config.get("num_epochs"):
+    return int(config.num_epochs * num_examples // config.input.batch_size)
+  raise ValueError("Set config.num_train_steps or config.num_epochs")
+
+
+class Experiment:
+  """Everything built from a config once: mesh, data, model, optimizer, jitted steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.create_mesh(config.mesh)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    ds = config.dataset
+    self.builder = sources.get_builder(ds.name, data_dir=ds.get("data_dir"),
+                                       manual_dir=ds.get("manual_dir"))
+    self.class_names = _class_names(self.builder, ds.get("label_key", "label"), ds.num_classes)
+    self.aug = pipeline.aug_from_config(config.input)
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    for name in ("batch_size", "eval_batch_size"):
+      bs = config.input[name]
+      if bs % n_dev:
+        raise ValueError(f"config.input.{name}={bs} is not divisible by the {n_dev} devices")
+    self.model = create_model(config)
+
+  def source(self, split: str):
+    if split not in self.builder.info.splits:
+      raise ValueError(f"Dataset {self.config.dataset.name!r} has no split {split!r}; "
+                       f"it has {sorted(self.builder.info.splits)}")
+    return self.builder.as_data_source(split=split)
+
+  def eval_dataset(self, split: str):
+    c = self.config
+    return pipeline.eval_dataset(
+        self.source(split), self.aug, batch_size=c.input.eval_batch_size // jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=c.input.get("num_threads", 2), image_key=c.dataset.get("image_key", "image"),
+        label_key=c.dataset.get("label_key", "label"))
+
+  def train_dataset(self, source):
+    c = self.config
+    return pipeline.train_dataset(
+        source, self.aug, batch_size=c.input.batch_size // jax.process_count(), seed=c.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=c.input.get("num_threads", 2), prefetch=c.input.get("prefetch", 4),
+        image_key=c.dataset.get("image_key", "image"), label_key=c.dataset.get("label_key", "label"))
+
+  def jit_eval_step(self, state_shardings):
+    replicated = sharding.replicated(self.mesh)
+    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config),
+                   in_shardings=(state_shardings.params, state_shardings.model_state,
+                                 self.batch_sharding),
+                   out_shardings=replicated)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds checkpoints), evaluates, writes results."""
+  os.makedirs(workdir, exist_ok=True)
+  exp = Experiment(config, workdir)
+  c = config
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+
+  # Input.
+  train_source = exp.source(c.dataset.train_split)
+  num_train_steps = _num_train_steps(c, len(train_source))
+  train_iter = iter(exp.train_dataset(train_source))
+
+  # Model, optimizer, state.
+  schedule = optim.create_schedule(c, num_train_steps)
+  tx = optim.create_optimizer(c, schedule)
+  rng = jax.random.key(c.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  state, state_shardings = create_train_state(c, exp.model, tx, init_rng, exp.mesh)
+  n_params = param_count(state.params)
+  logging.info("Model %s: %s parameters; mesh %s; %d train steps of global batch %d.",
+               c.model_name, f"{n_params:,}", dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
+
+  # Checkpoint: resume automatically.
+  manager = create_checkpoint_manager(workdir, c)
+  start_step = 0
+  if manager.latest_step() is not None:
+    state, start_step = restore_checkpoint(manager, state, train_iter)
+    logging.info("Resumed from %s at step %d.", manager.directory, start_step)
+
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=exp.model, tx=tx, config=c),
+      in_shardings=(state_shardings, exp.batch_sharding, None),
+      out_shardings=(state_shardings, sharding.replicated(exp.mesh)), donate_argnums=(0,))
+  p_eval_step = exp.jit_eval_step(state_shardings)
+
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in c.items()})
+  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_steps=c.get("log_every_steps", 50))
+  eval_split = c.dataset.get("eval_split")
+  eval_ds = exp.eval_dataset(eval_split) if eval_split else None
+  log_every = c.get("log_every_steps", 50)
+  eval_every = c.get("eval_every_steps", 0)
+  time_limit = c.get("train_time_limit_minutes", 0) * 60
+  t_start = time.time()
+  t_log, step_log = t_start, start_step
+  history = []
+  step = start_step
+  while step < num_train_steps:
+    batch = _global_batch(next(train_iter), exp.batch_sharding)
+    state, metrics = p_train_step(state, batch, dropout_rng)
+    if not bool(metrics["finite"]):
+      loss = float(metrics["loss"])
+      raise NonFiniteLossError(
+          f"Non-finite loss ({loss}) or gradient (norm {float(metrics['grad_norm'])}) at step {step + 1}; "
+          f"stopped without applying that update. Last checkpoint: step {manager.latest_step()} in "
+          f"{manager.directory}. Try a lower config.optimizer.lr (now {c.optimizer.lr}) or set "
+          "config.optimizer.grad_clip_norm.")
+    step += 1
+    history.append(metrics)
+    report(step)
+    if step % log_every == 0 or step == num_train_steps:
+      host = jax.device_get(history)
+      history = []
+      now = time.time()
+      steps_per_s = (step - step_log) / max(now - t_log, 1e-9)
+      t_log, step_log = now, step
+      scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in ("loss", "accuracy", "grad_norm")}
+      scalars["train/lr"] = float(schedule(step))
+      scalars["train/images_per_s"] = steps_per_s * c.input.batch_size
+      writer.write_scalars(step, scalars)
+      eta = (num_train_steps - step) / max(steps_per_s, 1e-9)
+      logging.info("step %d/%d | loss %.4f acc %.3f | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
+                   step, num_train_steps, scalars["train/loss"], scalars["train/accuracy"],
+                   scalars["train/lr"], steps_per_s, scalars["train/images_per_s"],
+                   _format_duration(eta))
+    if eval_ds is not None and eval_every and step % eval_every == 0 and step < num_train_steps:
+      scores, cm = evaluate(p_eval_step, state.params, state.model_state, eval_ds, exp.batch_sharding,
+                            c.dataset.num_classes)
+      _write_eval(writer, workdir, eval_split, step, scores, cm, exp.class_names, plot=False)
+      logging.info("eval %s at step %d: accuracy %.4f macro-F1 %.4f", eval_split, step,
+                   scores["accuracy"], scores["macro_f1"])
+    out_of_time = time_limit and time.time() - t_start > time_limit
+    preempted = manager.reached_preemption(step)
+    force = step == num_train_steps or out_of_time or preempted
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)),
+        force=force)
+    if preempted:
+      manager.wait_until_finished()
+      logging.warning("Preemption signal: saved step %d to %s; exiting.", step, manager.directory)
+      return {"preempted_at_step": step}
+    if out_of_time:
+      logging.warning("config.train_time_limit_minutes=%s reached at step %d of %d; stopping.",
+                      c.train_time_limit_minutes, step, num_train_steps)
+      break
+  manager.wait_until_finished()
+  train_seconds = time.time() - t_start
+
+  # Final evaluation (EMA weights when configured).
+  results: Dict[str, Any] = {"step": int(step), "num_train_steps": num_train_steps,
+                             "train_seconds_this_run": train_seconds, "param_count": n_params,
+                             "model_name": c.model_name, "dataset": c.dataset.name}
+  params = state.ema_params if (c.ema.get("decay", 0.0) and c.ema.get("eval_with_ema", True)) else state.params
+  for split in [s for s in (eval_split, c.dataset.get("test_split")) if s]:
+    if split not in exp.builder.info.splits:
+      logging.warning("Split %r not in %s; skipping its evaluation.", split, c.dataset.name)
+      continue
+    ds = eval_ds if split == eval_split else exp.eval_dataset(split)
+    scores, cm = evaluate(p_eval_step, params, state.model_state, ds, exp.batch_sharding,
+                          c.dataset.num_classes)
+    _write_eval(writer, workdir, split, step, scores, cm, exp.class_names, plot=True)
+    results[split] = _jsonable(scores, cm, exp.class_names)
+    logging.info("Final %s (step %d):\n%s", split, step,
+                 classification.format_report(scores, exp.class_names))
+  writer.flush()
+  if is_main:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  manager.close()
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        split: Optional[str] = None, step: Optional[int] = None) -> Dict[str, Any]:
+  """Evaluates the latest (or given) checkpoint in ``workdir`` on ``split``; writes metrics JSON/PNG."""
+  exp = Experiment(config, workdir)
+  split = split or config.dataset.eval_split
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  state, state_shardings = create_train_state(config, exp.model, tx, jax.random.key(0), exp.mesh)
+  manager = create_checkpoint_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first (fer-jax train ...)")
+  state, step = restore_checkpoint(manager, state, None, step)
+  params = state.ema_params if (config.ema.get("decay", 0.0) and config.ema.get("eval_with_ema", True)) else state.params
+  scores, cm = evaluate(exp.jit_eval_step(state_shardings), params, state.model_state,
+                        exp.eval_dataset(split), exp.batch_sharding, config.dataset.num_classes)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  _write_eval(writer, workdir, split, step, scores, cm, exp.class_names, plot=True)
+  writer.flush()
+  result = {"step": int(step), split: _jsonable(scores, cm, exp.class_names)}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"metrics_eval_{split}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  logging.info("Evaluation of step %d on %s:\n%s", step, split,
+               classification.format_report(scores, exp.class_names))
+  manager.close()
+  return result

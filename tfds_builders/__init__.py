@@ -1,0 +1,4 @@
+"""TFDS builders of fer_jax; importing this package registers every dataset below."""
+
+from tfds_builders import fer2013  # noqa: F401
+from tfds_builders import synthetic_expressions  # noqa: F401
