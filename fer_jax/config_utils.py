@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = ml_collections.ConfigDict(dict(
-      name="", data_dir=ml_collections.FieldReference(None, field_type=str),
+      name="", import_module=ml_collections.FieldReference(None, field_type=str), data_dir=ml_collections.FieldReference(None, field_type=str),
       manual_dir=ml_collections.FieldReference(None, field_type=str),
       train_split="train", eval_split="validation",
       test_split=ml_collections.FieldReference(None, field_type=str),

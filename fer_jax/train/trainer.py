@@ -8,6 +8,7 @@ checkpoint (Orbax, train state + grain iterator) -> evaluators -> loop.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import time
@@ -41,6 +42,22 @@ class TrainState:
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class _QuietLibraries:
+  """Drops INFO chatter that orbax / grain / clu send through absl logging (warnings pass)."""
+
+  NOISY = ("/orbax/", "/grain/", "/clu/", "/tensorstore/")
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  import logging as std_logging
+  logger = std_logging.getLogger("absl")
+  if not any(isinstance(f, _QuietLibraries) for f in logger.filters):
+    logger.addFilter(_QuietLibraries())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,6 +280,8 @@ class Experiment:
     self.mesh = sharding.create_mesh(config.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     ds = config.dataset
+    if ds.get("import_module"):
+      importlib.import_module(ds.import_module)  # registers the user's own TFDS builders
     self.builder = sources.get_builder(ds.name, data_dir=ds.get("data_dir"),
                                        manual_dir=ds.get("manual_dir"))
     self.class_names = _class_names(self.builder, ds.get("label_key", "label"), ds.num_classes)
@@ -307,6 +326,7 @@ class Experiment:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints), evaluates, writes results."""
   os.makedirs(workdir, exist_ok=True)
+  quiet_library_logs()
   exp = Experiment(config, workdir)
   c = config
   is_main = jax.process_index() == 0
@@ -352,6 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   t_start = time.time()
   t_log, step_log = t_start, start_step
   history = []
+  loss_log = []  # (step, mean train loss over the logging interval)
   step = start_step
   while step < num_train_steps:
     batch = _global_batch(next(train_iter), exp.batch_sharding)
@@ -376,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       scalars["train/lr"] = float(schedule(step))
       scalars["train/images_per_s"] = steps_per_s * c.input.batch_size
       writer.write_scalars(step, scalars)
+      loss_log.append((step, scalars["train/loss"]))
       eta = (num_train_steps - step) / max(steps_per_s, 1e-9)
       logging.info("step %d/%d | loss %.4f acc %.3f | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
                    step, num_train_steps, scalars["train/loss"], scalars["train/accuracy"],
@@ -407,7 +429,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   # Final evaluation (EMA weights when configured).
   results: Dict[str, Any] = {"step": int(step), "num_train_steps": num_train_steps,
                              "train_seconds_this_run": train_seconds, "param_count": n_params,
-                             "model_name": c.model_name, "dataset": c.dataset.name}
+                             "model_name": c.model_name, "dataset": c.dataset.name,
+                             "train_loss_log": loss_log}
   params = state.ema_params if (c.ema.get("decay", 0.0) and c.ema.get("eval_with_ema", True)) else state.params
   for split in [s for s in (eval_split, c.dataset.get("test_split")) if s]:
     if split not in exp.builder.info.splits:

@@ -1,0 +1,69 @@
+"""Runs a short training job on ``toy_blobs`` in its own process (for device-count / kill tests).
+
+    python tests/train_driver.py WORKDIR STEPS [KILL_AFTER_STEP]
+
+Writes WORKDIR/final_params.npz and WORKDIR/result.json. With KILL_AFTER_STEP, the process SIGKILLs
+itself right after the checkpoint of that step is on disk (a hard crash: no cleanup runs).
+"""
+
+import json
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import types; [sys.modules.setdefault("tfds_builders."+m, types.ModuleType(m)) for m in ("synthetic_expressions",) if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tfds_builders", m, "__init__.py"))]  # TEMPHACK
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from fer_jax import config_utils  # noqa: E402
+from fer_jax.train import trainer  # noqa: E402
+
+
+def toy_config(steps: int):
+  c = config_utils.base_config()
+  c.dataset.update(name="toy_blobs", import_module="toy_blobs", data_dir=os.environ["TOY_DATA_DIR"],
+                   num_classes=4, image_size=16, test_split=None)
+  c.input.update(batch_size=16, eval_batch_size=32, resize=18, crop=16, rotation=10.0, hflip=True,
+                 num_threads=2)
+  c.model_name = "convnext_atto"
+  c.model = dict(num_classes=4, stem_patch_size=2, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
+                 drop_path_rate=0.1)
+  c.optimizer.update(lr=3e-3)
+  c.schedule.update(name="warmup_cosine", warmup_steps=3)
+  c.ema.update(decay=0.9, every=2)
+  c.num_train_steps = steps
+  c.log_every_steps = 1
+  c.checkpoint.update(every_steps=3, keep=10)
+  return c
+
+
+def main():
+  workdir, steps = sys.argv[1], int(sys.argv[2])
+  kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+  if kill_after is not None:
+    original_save = ocp.CheckpointManager.save
+
+    def save_then_maybe_die(self, step, *args, **kwargs):
+      saved = original_save(self, step, *args, **kwargs)
+      if saved and step == kill_after:
+        self.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
+      return saved
+
+    ocp.CheckpointManager.save = save_then_maybe_die
+  result = trainer.train_and_evaluate(toy_config(steps), workdir)
+  ckpt = trainer.create_checkpoint_manager(workdir, toy_config(steps))
+  params = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  np.savez(os.path.join(workdir, "final_params.npz"), **flat)
+  with open(os.path.join(workdir, "result.json"), "w") as f:
+    json.dump({"devices": jax.device_count(), "loss_log": result["train_loss_log"],
+               "accuracy": result["validation"]["accuracy"]}, f)
+
+
+if __name__ == "__main__":
+  main()
