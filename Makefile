@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # PyTorch references for parity tests and benchmarks: CPU torch, and timm without its torchvision
-# dependency (see README: torchvision's registry wheel is a CUDA build).
+# dependency resolution: torchvision's registry wheel is a CUDA build whose compiled ops cannot load beside
+# CPU torch; ConvNeXt needs none of them (tests/conftest.py imports timm around that).
 $(VENV)/.installed-reference: $(VENV)/.installed
 	$(PY) -m pip install -q -c constraints.txt -e '.[reference]'
-	$(PY) -m pip install -q -c constraints.txt --no-deps timm
+	$(PY) -m pip install -q -c constraints.txt --no-deps timm torchvision
 	touch $@
 
 install: $(VENV)/.installed
