@@ -21,8 +21,8 @@ def toy_data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("toy_data"))
 
 
-def _run(workdir, steps, data_dir, devices=1, kill_after=None):
-  env = dict(os.environ, TOY_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+def _run(workdir, steps, data_dir, devices=1, kill_after=None, fsdp=1):
+  env = dict(os.environ, TOY_DATA_DIR=data_dir, TOY_FSDP=str(fsdp), TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   cmd = [sys.executable, str(HERE / "train_driver.py"), str(workdir), str(steps)]
@@ -50,8 +50,10 @@ def straight(tmp_path_factory, toy_data_dir):
   return workdir
 
 
-def test_one_and_eight_devices_give_the_same_losses(tmp_path, toy_data_dir, straight):
-  _ok(_run(tmp_path / "d8", 10, toy_data_dir, devices=8))
+@pytest.mark.parametrize("fsdp", [1, 4], ids=["data8", "data2_fsdp4"])
+def test_one_and_eight_devices_give_the_same_losses(tmp_path, toy_data_dir, straight, fsdp):
+  """Same global batch on 1 device and on 8 (pure data parallel, or 2-way data x 4-way FSDP)."""
+  _ok(_run(tmp_path / "d8", 10, toy_data_dir, devices=8, fsdp=fsdp))
   r1 = json.loads((straight / "result.json").read_text())
   r8 = json.loads((tmp_path / "d8" / "result.json").read_text())
   assert (r1["devices"], r8["devices"]) == (1, 8)

@@ -12,7 +12,6 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import types; [sys.modules.setdefault("tfds_builders."+m, types.ModuleType(m)) for m in ("synthetic_expressions",) if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tfds_builders", m, "__init__.py"))]  # TEMPHACK
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,6 +36,10 @@ def toy_config(steps: int):
   c.num_train_steps = steps
   c.log_every_steps = 1
   c.checkpoint.update(every_steps=3, keep=10)
+  fsdp = int(os.environ.get("TOY_FSDP", "1"))
+  if fsdp > 1:  # FSDP: every parameter split along its largest dimension that fsdp divides
+    c.mesh = [("data", -1), ("fsdp", fsdp)]
+    c.sharding.rules = [(".*", "fsdp")]
   return c
 
 

@@ -71,7 +71,7 @@ class ConvNeXtBlock(nn.Module):
   layer_scale_init_value: Optional[float] = 1e-6
   mlp_ratio: int = 4
   dtype: Any = None
-  depthwise_impl: str = "xla"
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -99,7 +99,7 @@ class ConvNeXtStage(nn.Module):
   downsample: bool = True
   layer_scale_init_value: Optional[float] = 1e-6
   dtype: Any = None
-  depthwise_impl: str = "xla"
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -138,7 +138,7 @@ class ConvNeXt(nn.Module):
     head_init_scale: multiplies the initial classifier kernel (bias starts at 0).
     head_dropout_rate: dropout on the pooled features before the classifier.
     dtype: compute dtype (params stay float32).
-    depthwise_impl: implementation name passed to ``DepthwiseConv``.
+    depthwise_impl: implementation passed to ``DepthwiseConv``; "auto" = "shift" on CPU, "xla" elsewhere.
   """
 
   num_classes: int = 1000
@@ -150,7 +150,7 @@ class ConvNeXt(nn.Module):
   head_init_scale: float = 1.0
   head_dropout_rate: float = 0.0
   dtype: Any = None
-  depthwise_impl: str = "xla"
+  depthwise_impl: str = "auto"
 
   def _check_config(self):
     if len(self.depths) != len(self.dims) or not self.depths:

@@ -180,8 +180,13 @@ def param_count(params: Any) -> int:
 
 def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   cc = config.checkpoint
+  policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=cc.get("keep", 3), save_interval_steps=cc.get("every_steps", 1000),
+      max_to_keep=cc.get("keep", 3),
+      # Every `every_steps`, on a preemption signal, and when the loop forces the final save.
+      save_decision_policy=policies.AnySavePolicy([
+          policies.FixedIntervalPolicy(cc.get("every_steps", 1000)),
+          policies.PreemptionCheckpointingPolicy()]),
       enable_async_checkpointing=cc.get("async", True), create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options, item_names=("state", "data"))

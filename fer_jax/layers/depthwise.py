@@ -1,0 +1,247 @@
+"""Depthwise 2-D convolution with a choice of implementation.
+
+Parameters are laid out exactly as ``nn.Conv(features=C, feature_group_count=C)`` (kernel
+``(kh, kw, 1, C)``, bias ``(C,)``), so checkpoints are interchangeable between implementations.
+
+Every implementation computes the same function: a stride-1, 'SAME'-padded (XLA convention: for a
+kernel of size k the input is padded by ``(k - 1) // 2`` before and ``k // 2`` after) depthwise
+cross-correlation of an NHWC input,
+
+  y[b, h, w, c] = sum_{i, j} x[b, h + i - p_h, w + j - p_w, c] * kernel[i, j, 0, c].   (1)
+
+Implementations (``IMPLEMENTATIONS``):
+
+* ``'xla'``: ``lax.conv_general_dilated(feature_group_count=C)``; differentiable in every mode, and
+  the right choice on TPU/GPU, where XLA has fast grouped-conv kernels. On XLA:CPU grouped
+  convolutions (and, worse, their kernel gradients, a ``batch_group_count`` convolution) take a
+  slow generic path: 50-140 ms forward+backward per ConvNeXt-T stage-1 layer at batch 32, 64 px.
+* ``'shift'`` (**use this on CPU**): (1) written as a sum of kh*kw shifted slices of the padded
+  input times per-channel weights, which XLA fuses into a single vectorised loop over the output.
+  A ``jax.custom_vjp`` supplies a backward of the same kind: the input gradient is (1) applied to
+  the padded output gradient with the flipped kernel, and the kernel gradient
+  ``dk[i, j, c] = sum_{b,h,w} xpad[b, h + i, w + j, c] * g[b, h, w, c]`` is accumulated by a
+  ``lax.scan`` over output rows whose body adds ``W`` shifted (B, kh, kw, C) windows times one
+  column of ``g`` -- a fused elementwise loop with a small (B, kh, kw, C) accumulator, so the
+  kh*kw-times larger patch tensor is never materialised, and no reduction over a huge axis is
+  left to XLA (XLA:CPU runs each such reduction as a separate, memory-bound pass). Taps that can
+  never overlap the input (H or W smaller than the kernel reach) are skipped. Inputs of lower
+  precision (bf16) are accumulated in float32 and the result cast back. Being a custom_vjp it
+  supports reverse mode (grad/vjp, under jit and vmap), not forward mode (jvp/jacfwd).
+* ``'shift_ad'``: the forward of ``'shift'`` differentiated by plain JAX autodiff. Forward is as
+  fast as ``'shift'``; the backward is several times slower (XLA materialises every shifted slice
+  for the kernel gradient) but still beats ``'xla'`` on CPU. Supports every autodiff mode.
+
+See ``benchmarks/depthwise_conv.py`` and ``benchmarks/README.md`` for measured times.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Target number of shifted windows unrolled into one scan step of the kernel gradient.
+_TAPS_PER_STEP = 48
+
+
+def _check_inputs(x: jax.Array, kernel: jax.Array) -> None:
+  if x.ndim != 4:
+    raise ValueError(f"depthwise conv expects x of shape (B, H, W, C), got shape {x.shape}")
+  c = x.shape[-1]
+  if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != c:
+    raise ValueError(
+        f"depthwise conv expects kernel of shape (kh, kw, 1, {c}) for x with {c} channels, "
+        f"got kernel shape {kernel.shape}")
+  if kernel.shape[0] < 1 or kernel.shape[1] < 1:
+    raise ValueError(f"kernel spatial size must be >= 1, got {kernel.shape[:2]}")
+
+
+def depthwise_conv2d_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """'SAME'-padded stride-1 depthwise conv via ``lax.conv_general_dilated``.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (kh, kw, 1, C) kernel.
+  """
+  _check_inputs(x, kernel)
+  c = x.shape[-1]
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding="SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+
+def _tap_range(k: int, n: int) -> Tuple[int, int, int, int]:
+  """Taps of a size-k 'SAME' kernel that touch a length-n axis, and the padding they need.
+
+  Tap ``i`` reads input index ``out + i - p`` with ``p = (k - 1) // 2``; it overlaps the input for
+  some output index iff ``|i - p| <= n - 1``. Returns ``(lo, hi, pad_before, pad_after)`` such that
+  taps ``lo <= i < hi`` are the useful ones and the input padded by ``(pad_before, pad_after)``
+  satisfies ``xpad[out + i - lo] = x[out + i - p]``.
+  """
+  p = (k - 1) // 2
+  lo, hi = max(0, p - (n - 1)), min(k, p + n)
+  return lo, hi, p - lo, hi - 1 - p
+
+
+def _acc_dtype(dtype) -> Any:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _shift_sum(xpad: jax.Array, k: jax.Array, h: int, w: int) -> jax.Array:
+  """sum_{i,j} xpad[:, i:i+h, j:j+w, :] * k[i, j]; xpad (B, h+kh-1, w+kw-1, C), k (kh, kw, C)."""
+  kh, kw = k.shape[:2]
+  acc = None
+  for i in range(kh):
+    for j in range(kw):
+      t = xpad[:, i:i + h, j:j + w, :] * k[i, j]
+      acc = t if acc is None else acc + t
+  return acc
+
+
+def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  b, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  ilo, ihi, pt, pb = _tap_range(kh, h)
+  jlo, jhi, pl, pr = _tap_range(kw, w)
+  acc = _acc_dtype(x.dtype)
+  xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).astype(acc)
+  k = kernel[ilo:ihi, jlo:jhi, 0, :].astype(acc)
+  return _shift_sum(xpad, k, h, w).astype(x.dtype)
+
+
+def _input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Transpose of (1) in x: (1) on g padded the other way round, with the flipped kernel."""
+  b, h, w, c = g.shape
+  kh, kw = kernel.shape[:2]
+  ilo, ihi, pt, pb = _tap_range(kh, h)
+  jlo, jhi, pl, pr = _tap_range(kw, w)
+  acc = _acc_dtype(g.dtype)
+  gpad = jnp.pad(g, ((0, 0), (pb, pt), (pr, pl), (0, 0))).astype(acc)
+  k = kernel[ilo:ihi, jlo:jhi, 0, :][::-1, ::-1].astype(acc)
+  return _shift_sum(gpad, k, h, w)
+
+
+def _rows_per_step(h: int, w: int) -> int:
+  """Output rows per scan step of the kernel gradient: about _TAPS_PER_STEP windows per step.
+
+  Measured on XLA:CPU: steps of ~50 windows are fastest; > ~120 windows per fused loop is several
+  times slower, and so are single-row steps for some narrow shapes (e.g. 8x8, 12x12).
+  """
+  return max(1, min(h, -(-_TAPS_PER_STEP // w)))
+
+
+def _kernel_grad(x: jax.Array, g: jax.Array, kh: int, kw: int) -> jax.Array:
+  """dk[i, j, 0, c] = sum_{b,h,w} xpad[b, h + i, w + j, c] * g[b, h, w, c] (zero for unused taps).
+
+  A ``lax.scan`` over blocks of ``r`` output rows adds ``r * W`` shifted (B, kh', kw', C) windows of
+  the padded input, each times one pixel of ``g`` broadcast over the window, into a (B, kh', kw', C)
+  float32 accumulator, then sums over B. The scan keeps XLA from turning the window sum into many
+  separate full-size reductions. H is zero-padded to a multiple of ``r`` (zero rows of ``g`` add 0).
+  """
+  b, h, w, c = x.shape
+  ilo, ihi, pt, pb = _tap_range(kh, h)
+  jlo, jhi, pl, pr = _tap_range(kw, w)
+  eh, ew = ihi - ilo, jhi - jlo
+  acc_t = _acc_dtype(x.dtype)
+  r = _rows_per_step(h, w)
+  steps = -(-h // r)
+  extra = steps * r - h
+  xpad = jnp.pad(x, ((0, 0), (pt, pb + extra), (pl, pr), (0, 0)))
+  gpad = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0))) if extra else g
+
+  def body(acc, row0):
+    xr = jax.lax.dynamic_slice_in_dim(xpad, row0, r + eh - 1, axis=1).astype(acc_t)
+    gr = jax.lax.dynamic_slice_in_dim(gpad, row0, r, axis=1).astype(acc_t)
+    for u in range(r):
+      for v in range(w):
+        acc = acc + xr[:, u:u + eh, v:v + ew, :] * gr[:, u:u + 1, v:v + 1, :]
+    return acc, None
+
+  acc0 = jnp.zeros((b, eh, ew, c), acc_t)
+  acc, _ = jax.lax.scan(body, acc0, jnp.arange(0, steps * r, r))
+  # Sum over the batch as explicit adds: one fused elementwise loop. (``acc.sum(0)`` becomes an
+  # XLA:CPU library reduction that costs up to 50x more here.)
+  dk = acc[0]
+  for i in range(1, b):
+    dk = dk + acc[i]
+  dk = jnp.pad(dk, ((ilo, kh - ihi), (jlo, kw - jhi), (0, 0)))
+  return dk[:, :, None, :]
+
+
+@jax.custom_vjp
+def _shift_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _forward(x, kernel)
+
+
+def _shift_conv_fwd(x, kernel):
+  return _forward(x, kernel), (x, kernel)
+
+
+def _shift_conv_bwd(res, g):
+  x, kernel = res
+  dx = _input_grad(g, kernel).astype(x.dtype)
+  dk = _kernel_grad(x, g, *kernel.shape[:2]).astype(kernel.dtype)
+  return dx, dk
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
+
+
+def depthwise_conv2d_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Same result as ``depthwise_conv2d_xla``, as fused shifted slices with a custom backward.
+
+  Fast on XLA:CPU (see module docstring). Reverse-mode differentiable only.
+  """
+  _check_inputs(x, kernel)
+  return _shift_conv(x, kernel)
+
+
+def depthwise_conv2d_shift_ad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The ``'shift'`` forward with plain autodiff (slower backward; every autodiff mode works)."""
+  _check_inputs(x, kernel)
+  return _forward(x, kernel)
+
+
+IMPLEMENTATIONS: Dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "xla": depthwise_conv2d_xla,
+    "shift": depthwise_conv2d_shift,
+    "shift_ad": depthwise_conv2d_shift_ad,
+}
+
+# Recommended implementation on XLA:CPU (keep 'xla' on TPU/GPU).
+CPU_DEFAULT_IMPL = "shift"
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto' -> 'shift' on CPU (XLA:CPU grouped convs are slow), 'xla' on TPU / GPU."""
+  if impl == "auto":
+    return "shift" if jax.default_backend() == "cpu" else "xla"
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown depthwise impl {impl!r}; expected 'auto' or one of {sorted(IMPLEMENTATIONS)}")
+  return impl
+
+
+class DepthwiseConv(nn.Module):
+  """Stride-1, 'SAME'-padded depthwise conv; ``impl`` picks the kernel implementation."""
+
+  kernel_size: Tuple[int, int] = (7, 7)
+  use_bias: bool = True
+  impl: str = "xla"
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    impl = resolve_impl(self.impl)
+    c = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, c), self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = IMPLEMENTATIONS[impl](x, kernel)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
+      y = y + bias.astype(y.dtype)
+    return y

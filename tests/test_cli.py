@@ -1,0 +1,66 @@
+"""The command line: config errors fail fast and clearly; train + evaluate leave their outputs."""
+
+import glob
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SYN = str(ROOT / "experiments" / "convnext_synthetic.py")
+
+
+def _cli(*args, env_extra=None, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, "-m", "fer_jax.main", *args], env=env, capture_output=True,
+                        text=True, timeout=timeout, cwd=str(ROOT))
+
+
+def test_typo_in_field_fails_at_once_naming_it(tmp_path):
+  p = _cli("train", f"--config={SYN}", "--config.optimizer.lrr=3e-4", f"--workdir={tmp_path}/w")
+  assert p.returncode == 2
+  assert "config has no field 'optimizer.lrr' (did you mean 'optimizer.lr'?)" in p.stderr
+  assert not (tmp_path / "w").exists()  # nothing was started
+
+
+def test_bad_config_option_and_missing_file(tmp_path):
+  p = _cli("train", f"--config={SYN}:stepz=3", f"--workdir={tmp_path}")
+  assert p.returncode == 2 and "Unknown config option 'stepz'" in p.stderr and "'steps'" in p.stderr
+  p = _cli("train", "--config=experiments/nope.py", f"--workdir={tmp_path}")
+  assert p.returncode == 2 and "nope.py" in p.stderr
+
+
+def test_wrong_type_override_is_rejected(tmp_path):
+  p = _cli("train", f"--config={SYN}", "--config.optimizer.lr=fast", f"--workdir={tmp_path}/w")
+  assert p.returncode != 0 and "lr" in p.stderr
+
+
+def test_train_then_evaluate_writes_outputs(tmp_path):
+  workdir = tmp_path / "run"
+  overrides = [
+      f"--config={SYN}:runlocal", "--config.dataset.name=toy_blobs",
+      "--config.dataset.import_module=toy_blobs", f"--config.dataset.data_dir={tmp_path}/data",
+      "--config.dataset.num_classes=4", "--config.dataset.test_split=", "--config.input.resize=16",
+      "--config.input.crop=16", "--config.input.batch_size=16", "--config.input.eval_batch_size=32",
+      "--config.model.num_classes=4", "--config.model.dims=(8,16,16,16)", "--config.num_train_steps=6",
+      "--config.log_every_steps=2", "--config.checkpoint.every_steps=3", f"--workdir={workdir}"]
+  p = _cli("train", *overrides)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "step 6/6" in p.stderr and "steps/s" in p.stderr and "ETA" in p.stderr
+  assert "FINAL validation: accuracy" in p.stdout
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  cm = metrics["validation"]["confusion_matrix"]
+  assert sum(map(sum, cm)) == 64  # every validation example counted exactly once
+  assert metrics["validation"]["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(4)) / 64)
+  assert (workdir / "confusion_matrix_validation.png").stat().st_size > 1000
+  assert glob.glob(str(workdir / "events.out.tfevents.*"))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  p = _cli("evaluate", *overrides)
+  assert p.returncode == 0, p.stderr[-3000:]
+  ev = json.loads((workdir / "metrics_eval_validation.json").read_text())
+  assert ev["step"] == 6 and ev["validation"]["confusion_matrix"] == cm
