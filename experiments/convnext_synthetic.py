@@ -18,11 +18,12 @@ def get_config(arg=None):
   c.dataset.name = "synthetic_expressions/grey48"
   c.dataset.num_classes = 8
   c.dataset.test_split = "test"
-  c.input.update(batch_size=64, eval_batch_size=250, resize=48, crop=44, rotation=10.0, hflip=False)
+  c.input.update(batch_size=64, eval_batch_size=250, resize=48, crop=44, rotation=10.0, hflip=True,
+                 per_image_standardization=True)
   c.input.eval_crops = "center"
   c.model_name = "convnext"
   c.model = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2,
-                 drop_path_rate=0.0, num_classes=8)
+                 drop_path_rate=0.0, layer_scale_init_value=1e-6, num_classes=8)
   c.optimizer.update(lr=2e-3, weight_decay=0.05)
   c.schedule.update(name="warmup_cosine", warmup_steps=100)
   c.num_train_steps = arg.steps

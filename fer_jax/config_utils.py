@@ -106,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict(dict(
       batch_size=128, eval_batch_size=256, resize=48, crop=48, channels=3, rotation=0.0,
       hflip=True, vflip=False, eval_crops="center", num_threads=2, prefetch=4,
+      per_image_standardization=False,
       mean=ml_collections.FieldReference(None, field_type=tuple),
       std=ml_collections.FieldReference(None, field_type=tuple)))
   c.model_name = "convnext_atto"

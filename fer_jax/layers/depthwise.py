@@ -100,15 +100,40 @@ def _shift_sum(xpad: jax.Array, k: jax.Array, h: int, w: int) -> jax.Array:
   return acc
 
 
+def _smallest_factor(n: int) -> int:
+  """Smallest divisor > 1 of n (n itself if prime; 1 for n == 1)."""
+  for d in range(2, int(n ** 0.5) + 1):
+    if n % d == 0:
+      return d
+  return n
+
+
+def _in_batch_chunks(fn: Callable[[jax.Array], jax.Array], xpad: jax.Array) -> jax.Array:
+  """fn(xpad) computed by a ``lax.scan`` over >= 2 batch chunks (fn must act per example).
+
+  XLA:CPU otherwise treats the kh*kw-term elementwise sum as cheap and re-fuses (recomputes) it
+  into each of its consumers (in ConvNeXt: LayerNorm mean, variance and normalisation, and their
+  gradients; 3-5 copies per block). A while loop's result cannot be fused into its consumers, so
+  it is computed exactly once. The chunking itself costs little (one extra copy of the input).
+  """
+  b = xpad.shape[0]
+  n = _smallest_factor(b)
+  if n == 1:
+    return fn(xpad)
+  _, ys = jax.lax.scan(lambda carry, xc: (carry, fn(xc)), None,
+                       xpad.reshape(n, b // n, *xpad.shape[1:]))
+  return ys.reshape(b, *ys.shape[2:])
+
+
 def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
   ilo, ihi, pt, pb = _tap_range(kh, h)
   jlo, jhi, pl, pr = _tap_range(kw, w)
   acc = _acc_dtype(x.dtype)
-  xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).astype(acc)
+  xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   k = kernel[ilo:ihi, jlo:jhi, 0, :].astype(acc)
-  return _shift_sum(xpad, k, h, w).astype(x.dtype)
+  return _in_batch_chunks(lambda xp: _shift_sum(xp.astype(acc), k, h, w).astype(x.dtype), xpad)
 
 
 def _input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -118,9 +143,9 @@ def _input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
   ilo, ihi, pt, pb = _tap_range(kh, h)
   jlo, jhi, pl, pr = _tap_range(kw, w)
   acc = _acc_dtype(g.dtype)
-  gpad = jnp.pad(g, ((0, 0), (pb, pt), (pr, pl), (0, 0))).astype(acc)
+  gpad = jnp.pad(g, ((0, 0), (pb, pt), (pr, pl), (0, 0)))
   k = kernel[ilo:ihi, jlo:jhi, 0, :][::-1, ::-1].astype(acc)
-  return _shift_sum(gpad, k, h, w)
+  return _in_batch_chunks(lambda gp: _shift_sum(gp.astype(acc), k, h, w).astype(g.dtype), gpad)
 
 
 def _rows_per_step(h: int, w: int) -> int:
@@ -181,7 +206,7 @@ def _shift_conv_fwd(x, kernel):
 
 def _shift_conv_bwd(res, g):
   x, kernel = res
-  dx = _input_grad(g, kernel).astype(x.dtype)
+  dx = _input_grad(g, kernel).astype(x.dtype)  # (g's dtype == x's dtype for this primitive)
   dk = _kernel_grad(x, g, *kernel.shape[:2]).astype(kernel.dtype)
   return dx, dk
 

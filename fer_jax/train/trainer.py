@@ -77,8 +77,15 @@ def input_shape(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
 
 
 def preprocess_images(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """uint8 (..., H, W, c) -> float32 in [0, 1], optional mean/std, grey -> ``input.channels``."""
+  """uint8 (..., H, W, c) -> float32 in [0, 1], optional per-image standardisation or mean/std,
+  grey -> ``input.channels``."""
   x = images.astype(jnp.float32) / 255.0
+  if config.input.get("per_image_standardization"):
+    # tf.image.per_image_standardization: zero mean, unit variance per image (lighting invariance).
+    n = x.shape[-3] * x.shape[-2] * x.shape[-1]
+    mean = x.mean(axis=(-3, -2, -1), keepdims=True)
+    std = jnp.maximum(x.std(axis=(-3, -2, -1), keepdims=True), 1.0 / np.sqrt(n))
+    x = (x - mean) / std
   channels = config.input.get("channels", 3)
   if x.shape[-1] == 1 and channels == 3:
     x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
