@@ -60,6 +60,8 @@ def test_preprocess_grey_to_rgb_and_standardization():
   x = np.asarray(trainer.preprocess_images(jnp.asarray(img), c))
   f = img / 255.0
   np.testing.assert_allclose(x[..., 0], ((f - f.mean()) / f.std())[..., 0], rtol=1e-5, atol=1e-6)
+  blank = np.asarray(trainer.preprocess_images(jnp.zeros((1, 4, 4, 1), jnp.uint8), c))
+  np.testing.assert_array_equal(blank, 0.0)  # no division by zero
 
 
 def test_step_applies_sgd_update_and_ema():
@@ -71,11 +73,11 @@ def test_step_applies_sgd_update_and_ema():
     x = trainer.preprocess_images(batch["image"], c)
     return trainer.cross_entropy(model.apply({"params": params}, x, train=False), batch["label"], 3)
 
-  grads = jax.grad(loss)(state.params)
+  grads = jax.jit(jax.grad(loss))(state.params)
   new, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx,
                                                           config=c))(state, batch)
   assert int(new.step) == 1 and bool(metrics["finite"])
-  np.testing.assert_allclose(float(metrics["loss"]), float(loss(state.params)), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["loss"]), float(jax.jit(loss)(state.params)), rtol=1e-5)
   for p, g, q, e in zip(jax.tree.leaves(p0), jax.tree.leaves(grads), jax.tree.leaves(new.params),
                         jax.tree.leaves(new.ema_params)):
     want = p - 0.05 * np.asarray(g)  # plain SGD
@@ -103,7 +105,8 @@ def test_bf16_compute_close_to_float32():
   for c in (c32, c16):
     model = trainer.create_model(c)
     tx = optim.create_optimizer(c, optim.create_schedule(c, 10))
-    _, m = trainer.train_step(state, batch, jax.random.key(1), model=model, tx=tx, config=c)
+    step = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx, config=c))
+    _, m = step(state, batch)
     losses.append(float(m["loss"]))
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # params stay float32
   assert losses[0] == pytest.approx(losses[1], rel=2e-2)

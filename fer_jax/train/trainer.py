@@ -81,10 +81,11 @@ def preprocess_images(images: jax.Array, config: ml_collections.ConfigDict) -> j
   grey -> ``input.channels``."""
   x = images.astype(jnp.float32) / 255.0
   if config.input.get("per_image_standardization"):
-    # tf.image.per_image_standardization: zero mean, unit variance per image (lighting invariance).
+    # tf.image.per_image_standardization of the uint8 image: zero mean, unit variance per image
+    # (lighting invariance); the std floor 1/sqrt(N) grey levels only guards blank images.
     n = x.shape[-3] * x.shape[-2] * x.shape[-1]
     mean = x.mean(axis=(-3, -2, -1), keepdims=True)
-    std = jnp.maximum(x.std(axis=(-3, -2, -1), keepdims=True), 1.0 / np.sqrt(n))
+    std = jnp.maximum(x.std(axis=(-3, -2, -1), keepdims=True), 1.0 / (255.0 * np.sqrt(n)))
     x = (x - mean) / std
   channels = config.input.get("channels", 3)
   if x.shape[-1] == 1 and channels == 3:
