@@ -6,16 +6,14 @@ fake/autograd registrations for them fail. ``_import_timm`` then stubs those two
 modules (ConvNeXt uses none of the ops) and retries; if torch or timm is missing the tests skip.
 """
 
-import importlib
 import re
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fer_jax import testing
 from fer_jax.models import convnext
 from fer_jax.models.convert import (convnext_from_torch_state_dict, infer_convnext_config,
                                     load_convnext_params, load_torch_weights, map_torch_params)
@@ -32,29 +30,11 @@ def _jit_init(model, x):
 
 
 def _import_timm():
-  """Returns (torch, timm) or skips with the reason."""
+  """Returns (torch, timm) or skips with the reason (see fer_jax.testing.import_timm)."""
   try:
-    import torch
+    return testing.import_timm()
   except ImportError as e:
-    pytest.skip(f"torch is not installed ({e})")
-  try:
-    import timm
-    return torch, timm
-  except ModuleNotFoundError as e:
-    pytest.skip(f"timm cannot import ({e}); install torchvision==0.28.0 with --no-deps")
-  except RuntimeError as e:
-    if "torchvision::" not in str(e):
-      raise
-  # torchvision's compiled ops are unavailable (CUDA wheel on CPU torch): skip their registrations.
-  for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-    sys.modules[name] = types.ModuleType(name)
-  for name in [m for m in sys.modules if m in ("torchvision", "timm") or m.startswith("timm.")]:
-    del sys.modules[name]
-  try:
-    timm = importlib.import_module("timm")
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"timm cannot import even with torchvision op registrations stubbed: {e!r}")
-  return torch, timm
+    pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

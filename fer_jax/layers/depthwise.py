@@ -9,27 +9,33 @@ cross-correlation of an NHWC input,
 
   y[b, h, w, c] = sum_{i, j} x[b, h + i - p_h, w + j - p_w, c] * kernel[i, j, 0, c].   (1)
 
-Implementations (``IMPLEMENTATIONS``):
+Implementations (``IMPLEMENTATIONS``; ``DepthwiseConv(impl='auto')`` picks ``'shift'`` on CPU and
+``'xla'`` elsewhere):
 
 * ``'xla'``: ``lax.conv_general_dilated(feature_group_count=C)``; differentiable in every mode, and
-  the right choice on TPU/GPU, where XLA has fast grouped-conv kernels. On XLA:CPU grouped
-  convolutions (and, worse, their kernel gradients, a ``batch_group_count`` convolution) take a
-  slow generic path: 50-140 ms forward+backward per ConvNeXt-T stage-1 layer at batch 32, 64 px.
-* ``'shift'`` (**use this on CPU**): (1) written as a sum of kh*kw shifted slices of the padded
-  input times per-channel weights, which XLA fuses into a single vectorised loop over the output.
-  A ``jax.custom_vjp`` supplies a backward of the same kind: the input gradient is (1) applied to
-  the padded output gradient with the flipped kernel, and the kernel gradient
-  ``dk[i, j, c] = sum_{b,h,w} xpad[b, h + i, w + j, c] * g[b, h, w, c]`` is accumulated by a
-  ``lax.scan`` over output rows whose body adds ``W`` shifted (B, kh, kw, C) windows times one
-  column of ``g`` -- a fused elementwise loop with a small (B, kh, kw, C) accumulator, so the
-  kh*kw-times larger patch tensor is never materialised, and no reduction over a huge axis is
-  left to XLA (XLA:CPU runs each such reduction as a separate, memory-bound pass). Taps that can
-  never overlap the input (H or W smaller than the kernel reach) are skipped. Inputs of lower
-  precision (bf16) are accumulated in float32 and the result cast back. Being a custom_vjp it
-  supports reverse mode (grad/vjp, under jit and vmap), not forward mode (jvp/jacfwd).
-* ``'shift_ad'``: the forward of ``'shift'`` differentiated by plain JAX autodiff. Forward is as
-  fast as ``'shift'``; the backward is several times slower (XLA materialises every shifted slice
-  for the kernel gradient) but still beats ``'xla'`` on CPU. Supports every autodiff mode.
+  the right choice on TPU/GPU, where XLA has fast grouped-conv kernels. On XLA:CPU (jax 0.10) the
+  grouped convolution and, worse, its kernel gradient (a ``batch_group_count`` convolution) take a
+  slow generic path: ~50 ms forward, ~135 ms forward+backward for one ConvNeXt-T stage-1 layer
+  (batch 32, 64 px, 2 cores).
+* ``'shift'`` (**default-worthy on CPU**; ~9 ms for the same layer, 12-400x faster than ``'xla'``
+  forward+backward at the ConvNeXt stage shapes): (1) written as a sum of kh*kw shifted slices of
+  the padded input times per-channel weights, which XLA fuses into one vectorised loop over the
+  output. A ``jax.custom_vjp`` supplies a backward of the same kind: the input gradient is (1)
+  applied to the output gradient padded the other way round, with the flipped kernel; the kernel
+  gradient ``dk[i, j, c] = sum_{b,h,w} xpad[b, h + i, w + j, c] * g[b, h, w, c]`` is accumulated
+  by a ``lax.scan`` over blocks of output rows whose body adds shifted (B, kh, kw, C) windows of
+  ``xpad`` times single pixels of ``g`` -- a fused elementwise loop into a small (B, kh, kw, C)
+  accumulator, so the kh*kw-times larger patch tensor is never materialised and XLA gets no
+  reduction over a huge axis (XLA:CPU runs each of those as a separate memory-bound pass, 50-100x
+  slower). The forward and input-gradient sums run in a scan over batch chunks so that XLA cannot
+  re-fuse (recompute) them into each of their consumers. Taps that never overlap the input (H or
+  W smaller than the kernel reach) are skipped. Low-precision (bf16) inputs are accumulated in
+  float32 and the result cast back. Being a custom_vjp it supports reverse mode (grad/vjp, under
+  jit and vmap), not forward mode (jvp/jacfwd); any kernel size, odd or even.
+* ``'shift_ad'``: the forward of ``'shift'`` differentiated by plain JAX autodiff. Forward as fast
+  as ``'shift'``; the backward is 5-15x slower than ``'shift'`` (XLA materialises every shifted
+  slice for the kernel gradient) -- about as slow as ``'xla'`` at the larger spatial sizes. Use
+  only where forward-mode autodiff is needed.
 
 See ``benchmarks/depthwise_conv.py`` and ``benchmarks/README.md`` for measured times.
 """
@@ -114,7 +120,7 @@ def _in_batch_chunks(fn: Callable[[jax.Array], jax.Array], xpad: jax.Array) -> j
   XLA:CPU otherwise treats the kh*kw-term elementwise sum as cheap and re-fuses (recomputes) it
   into each of its consumers (in ConvNeXt: LayerNorm mean, variance and normalisation, and their
   gradients; 3-5 copies per block). A while loop's result cannot be fused into its consumers, so
-  it is computed exactly once. The chunking itself costs little (one extra copy of the input).
+  it is computed exactly once. Cost of the loop: one extra write pass over the output buffer.
   """
   b = xpad.shape[0]
   n = _smallest_factor(b)
@@ -125,7 +131,7 @@ def _in_batch_chunks(fn: Callable[[jax.Array], jax.Array], xpad: jax.Array) -> j
   return ys.reshape(b, *ys.shape[2:])
 
 
-def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _forward(x: jax.Array, kernel: jax.Array, chunked: bool = True) -> jax.Array:
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
   ilo, ihi, pt, pb = _tap_range(kh, h)
@@ -133,7 +139,8 @@ def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   acc = _acc_dtype(x.dtype)
   xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   k = kernel[ilo:ihi, jlo:jhi, 0, :].astype(acc)
-  return _in_batch_chunks(lambda xp: _shift_sum(xp.astype(acc), k, h, w).astype(x.dtype), xpad)
+  fn = lambda xp: _shift_sum(xp.astype(acc), k, h, w).astype(x.dtype)  # noqa: E731
+  return _in_batch_chunks(fn, xpad) if chunked else fn(xpad)
 
 
 def _input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -206,7 +213,7 @@ def _shift_conv_fwd(x, kernel):
 
 def _shift_conv_bwd(res, g):
   x, kernel = res
-  dx = _input_grad(g, kernel).astype(x.dtype)  # (g's dtype == x's dtype for this primitive)
+  dx = _input_grad(g, kernel).astype(x.dtype)
   dk = _kernel_grad(x, g, *kernel.shape[:2]).astype(kernel.dtype)
   return dx, dk
 
@@ -226,7 +233,7 @@ def depthwise_conv2d_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def depthwise_conv2d_shift_ad(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The ``'shift'`` forward with plain autodiff (slower backward; every autodiff mode works)."""
   _check_inputs(x, kernel)
-  return _forward(x, kernel)
+  return _forward(x, kernel, chunked=False)  # autodiff through the chunk loop is slower still
 
 
 IMPLEMENTATIONS: Dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -239,6 +246,22 @@ IMPLEMENTATIONS: Dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 CPU_DEFAULT_IMPL = "shift"
 
 
+def default_impl(backend: str | None = None) -> str:
+  """``'shift'`` on CPU, ``'xla'`` elsewhere; ``backend`` defaults to ``jax.default_backend()``."""
+  backend = jax.default_backend() if backend is None else backend
+  return CPU_DEFAULT_IMPL if backend == "cpu" else "xla"
+
+
+def resolve_impl(impl: str) -> str:
+  """Maps ``'auto'`` to ``default_impl()``; checks that ``impl`` names an implementation."""
+  if impl == "auto":
+    return default_impl()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"Unknown depthwise impl {impl!r}; expected 'auto' or one of {sorted(IMPLEMENTATIONS)}")
+  return impl
+
+
 def resolve_impl(impl: str) -> str:
   """'auto' -> 'shift' on CPU (XLA:CPU grouped convs are slow), 'xla' on TPU / GPU."""
   if impl == "auto":
@@ -249,7 +272,11 @@ def resolve_impl(impl: str) -> str:
 
 
 class DepthwiseConv(nn.Module):
-  """Stride-1, 'SAME'-padded depthwise conv; ``impl`` picks the kernel implementation."""
+  """Stride-1, 'SAME'-padded depthwise conv; ``impl`` picks the kernel implementation.
+
+  ``impl`` is a key of ``IMPLEMENTATIONS`` or ``'auto'`` (``'shift'`` when tracing for the CPU
+  backend, else ``'xla'``; decided by ``jax.default_backend()`` at trace time).
+  """
 
   kernel_size: Tuple[int, int] = (7, 7)
   use_bias: bool = True
