@@ -64,3 +64,13 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   ev = json.loads((workdir / "metrics_eval_validation.json").read_text())
   assert ev["step"] == 6 and ev["validation"]["confusion_matrix"] == cm
+  # A corrupt checkpoint: a clear error naming it, and nothing deleted.
+  state_dir = workdir / "checkpoints" / "6" / "state"
+  files = sorted(p for p in state_dir.rglob("*") if p.is_file())
+  for f in files:
+    f.write_bytes(b"garbage")
+  p = _cli("evaluate", *overrides)
+  assert p.returncode != 0
+  assert "Could not restore the checkpoint at" in p.stderr and str(workdir / "checkpoints" / "6") in p.stderr
+  assert sorted(p for p in state_dir.rglob("*") if p.is_file()) == files
+  assert (workdir / "checkpoints" / "3").is_dir() and (workdir / "metrics.json").exists()
