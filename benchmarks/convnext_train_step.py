@@ -51,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from fer_jax.layers.depthwise import IMPLEMENTATIONS  # noqa: E402
+from fer_jax.layers.depthwise import IMPLEMENTATIONS, resolve_impl  # noqa: E402
 from fer_jax.registry import get_model  # noqa: E402
 
 # (depths, dims, conv_mlp) of timm's ConvNeXt variants, for the plain-PyTorch fallback.
@@ -232,10 +232,7 @@ def main():
   ap.add_argument("--json", default=None, help="write results here")
   args = ap.parse_args()
 
-  impls = args.impls.split(",")
-  for impl in impls:
-    if impl not in IMPLEMENTATIONS:
-      raise ValueError(f"unknown depthwise impl {impl!r}; expected one of {sorted(IMPLEMENTATIONS)}")
+  impls = [resolve_impl(name) for name in args.impls.split(",")]  # clear error on a typo
 
   rng = np.random.default_rng(0)
   images = rng.uniform(0.0, 1.0, (args.batch, args.size, args.size, 3)).astype(np.float32)

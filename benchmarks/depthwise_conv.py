@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_jax.layers.depthwise import IMPLEMENTATIONS  # noqa: E402
+from fer_jax.layers.depthwise import IMPLEMENTATIONS, resolve_impl  # noqa: E402
 
 DEFAULT_SHAPES = (
     # ConvNeXt-T, 64 px, batch 32
@@ -73,10 +73,7 @@ def main():
   ap.add_argument("--json", default=None, help="write results here")
   args = ap.parse_args()
 
-  impls = args.impls.split(",")
-  for name in impls:
-    if name not in IMPLEMENTATIONS:
-      raise ValueError(f"unknown impl {name!r}; expected one of {sorted(IMPLEMENTATIONS)}")
+  impls = [resolve_impl(name) for name in args.impls.split(",")]  # clear error on a typo
   shapes = _parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
   k = args.kernel
 

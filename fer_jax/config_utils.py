@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, List, Sequence
 
 import ml_collections
 
@@ -88,9 +88,6 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str],
       node = node[part]
   return errors
 
-
-def to_dict(config: Any) -> Dict[str, Any]:
-  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -18,37 +18,35 @@ IMPLS = sorted(IMPLEMENTATIONS)
 FAST_IMPLS = [n for n in IMPLS if n != "xla"]
 
 
-def np_depthwise(x, k):
-  """y[b,h,w,c] = sum_ij x[b, h+i-ph, w+j-pw, c] k[i,j,0,c], 'SAME' as in XLA (ph = (kh-1)//2)."""
-  b, h, w, c = x.shape
-  kh, kw = k.shape[:2]
+def _taps(x_shape, k_shape):
+  """Every (output pixel, tap, input pixel) of a 'SAME' conv, as in XLA (ph = (kh-1)//2)."""
+  _, h, w, _ = x_shape
+  kh, kw = k_shape[:2]
   ph, pw = (kh - 1) // 2, (kw - 1) // 2
-  y = np.zeros(x.shape, np.float64)
   for oh in range(h):
     for ow in range(w):
       for i in range(kh):
         for j in range(kw):
           ih, iw = oh + i - ph, ow + j - pw
           if 0 <= ih < h and 0 <= iw < w:
-            y[:, oh, ow, :] += x[:, ih, iw, :] * k[i, j, 0, :]
+            yield oh, ow, i, j, ih, iw
+
+
+def np_depthwise(x, k):
+  """y[b,h,w,c] = sum_ij x[b, h+i-ph, w+j-pw, c] k[i,j,0,c] by direct loops."""
+  y = np.zeros(x.shape, np.float64)
+  for oh, ow, i, j, ih, iw in _taps(x.shape, k.shape):
+    y[:, oh, ow, :] += x[:, ih, iw, :] * k[i, j, 0, :]
   return y
 
 
 def np_depthwise_grads(x, k, g):
   """(dL/dx, dL/dk) for L = sum(y * g), by the same direct loops."""
-  b, h, w, c = x.shape
-  kh, kw = k.shape[:2]
-  ph, pw = (kh - 1) // 2, (kw - 1) // 2
   dx = np.zeros(x.shape, np.float64)
   dk = np.zeros(k.shape, np.float64)
-  for oh in range(h):
-    for ow in range(w):
-      for i in range(kh):
-        for j in range(kw):
-          ih, iw = oh + i - ph, ow + j - pw
-          if 0 <= ih < h and 0 <= iw < w:
-            dx[:, ih, iw, :] += g[:, oh, ow, :] * k[i, j, 0, :]
-            dk[i, j, 0, :] += np.sum(x[:, ih, iw, :] * g[:, oh, ow, :], axis=0)
+  for oh, ow, i, j, ih, iw in _taps(x.shape, k.shape):
+    dx[:, ih, iw, :] += g[:, oh, ow, :] * k[i, j, 0, :]
+    dk[i, j, 0, :] += np.sum(x[:, ih, iw, :] * g[:, oh, ow, :], axis=0)
   return dx, dk
 
 

@@ -20,7 +20,10 @@ def _config(**kw):
   c.optimizer.update(lr=0.05, weight_decay=0.0, grad_clip_norm=0.0)
   c.schedule.name = "constant"
   for k, v in kw.items():
-    c[k].update(v) if isinstance(v, dict) else c.__setattr__(k, v)
+    if isinstance(v, dict):
+      c[k].update(v)
+    else:
+      c[k] = v
   return c
 
 

@@ -12,7 +12,7 @@ Images stay uint8 on the host; scaling to [0, 1] and grey -> RGB happen on the a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 import grain
 import numpy as np
@@ -189,7 +189,3 @@ def aug_from_config(input_config: Any) -> AugmentConfig:
   """Builds an :class:`AugmentConfig` from the ``config.input`` section."""
   fields = {f.name for f in dataclasses.fields(AugmentConfig)}
   return AugmentConfig(**{k: input_config[k] for k in fields if k in input_config})
-
-
-def iterate_numpy(ds: grain.IterDataset) -> Iterator[Dict[str, np.ndarray]]:
-  yield from ds

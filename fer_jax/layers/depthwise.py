@@ -131,28 +131,31 @@ def _in_batch_chunks(fn: Callable[[jax.Array], jax.Array], xpad: jax.Array) -> j
   return ys.reshape(b, *ys.shape[2:])
 
 
-def _forward(x: jax.Array, kernel: jax.Array, chunked: bool = True) -> jax.Array:
+def _same_shift_conv(x: jax.Array, kernel: jax.Array, transpose: bool = False,
+                     chunked: bool = True) -> jax.Array:
+  """(1) by shifted sums; ``transpose`` gives its transpose in x (padding swapped, kernel flipped)."""
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
   ilo, ihi, pt, pb = _tap_range(kh, h)
   jlo, jhi, pl, pr = _tap_range(kw, w)
   acc = _acc_dtype(x.dtype)
+  k = kernel[ilo:ihi, jlo:jhi, 0, :]
+  if transpose:
+    pt, pb, pl, pr = pb, pt, pr, pl
+    k = k[::-1, ::-1]
   xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  k = kernel[ilo:ihi, jlo:jhi, 0, :].astype(acc)
+  k = k.astype(acc)
   fn = lambda xp: _shift_sum(xp.astype(acc), k, h, w).astype(x.dtype)  # noqa: E731
   return _in_batch_chunks(fn, xpad) if chunked else fn(xpad)
 
 
+def _forward(x: jax.Array, kernel: jax.Array, chunked: bool = True) -> jax.Array:
+  return _same_shift_conv(x, kernel, chunked=chunked)
+
+
 def _input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
   """Transpose of (1) in x: (1) on g padded the other way round, with the flipped kernel."""
-  b, h, w, c = g.shape
-  kh, kw = kernel.shape[:2]
-  ilo, ihi, pt, pb = _tap_range(kh, h)
-  jlo, jhi, pl, pr = _tap_range(kw, w)
-  acc = _acc_dtype(g.dtype)
-  gpad = jnp.pad(g, ((0, 0), (pb, pt), (pr, pl), (0, 0)))
-  k = kernel[ilo:ihi, jlo:jhi, 0, :][::-1, ::-1].astype(acc)
-  return _in_batch_chunks(lambda gp: _shift_sum(gp.astype(acc), k, h, w).astype(g.dtype), gpad)
+  return _same_shift_conv(g, kernel, transpose=True)
 
 
 def _rows_per_step(h: int, w: int) -> int:
