@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Trainer defaults shared by every experiment; experiment files override what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classification"  # or "affect" (per-frame valence / arousal regression on clips)
   c.dataset = ml_collections.ConfigDict(dict(
       name="", import_module=ml_collections.FieldReference(None, field_type=str), data_dir=ml_collections.FieldReference(None, field_type=str),
       manual_dir=ml_collections.FieldReference(None, field_type=str),
@@ -123,4 +124,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, **{"async": True}))
   c.mesh = [("data", -1), ("fsdp", 1)]
   c.sharding = ml_collections.ConfigDict(dict(rules=[(".*", "replicate")]))
+  return c
+
+
+def affect_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``config.affect`` section of ``task='affect'`` configs (see ``fer_jax.data.clips.ClipConfig``)."""
+  c = ml_collections.ConfigDict(dict(
+      frames_key="frames", target_keys=("valence", "arousal"),
+      mask_key=ml_collections.FieldReference(None, field_type=str),
+      frame_index_key=ml_collections.FieldReference(None, field_type=str),
+      video_key="id", window=1, stride=1, eval_hop=1, sequence_model=False))
+  c.update(overrides)
   return c

@@ -38,8 +38,8 @@ def main(argv):
   else:
     results = trainer.evaluate_checkpoint(config, _WORKDIR.value, split=_SPLIT.value)
   for split, r in results.items():
-    if isinstance(r, dict) and "accuracy" in r:
-      print(f"FINAL {split}: accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
+    if isinstance(r, dict) and "summary" in r:
+      print(f"FINAL {split}: {r['summary']}  "
             f"(step {results.get('step')}, workdir {os.path.abspath(_WORKDIR.value)})", flush=True)
 
 

@@ -145,20 +145,23 @@ class EvalTransform(grain.transforms.Map):
 
 def train_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
-                  prefetch: int = 4, image_key: str = "image", label_key: str = "label"
-                  ) -> grain.IterDataset:
-  """Infinite, reshuffled-every-epoch training batches of ``batch_size`` (per process)."""
+                  prefetch: int = 4, image_key: str = "image", label_key: str = "label",
+                  transform: Optional[grain.transforms.RandomMap] = None) -> grain.IterDataset:
+  """Infinite, reshuffled-every-epoch training batches of ``batch_size`` (per process).
+
+  ``transform`` replaces the default :class:`TrainTransform` (e.g. clips, ``fer_jax.data.clips``).
+  """
   if len(source) < process_count:
     raise ValueError(f"Training split has {len(source)} examples, fewer than {process_count} processes")
   ds = grain.MapDataset.source(source).seed(seed).shuffle()
   ds = ds[process_index::process_count].repeat(None)
-  ds = ds.random_map(TrainTransform(aug, image_key, label_key))
+  ds = ds.random_map(transform or TrainTransform(aug, image_key, label_key))
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
 
 
 def _pad_batch(batch: Dict[str, np.ndarray], size: int) -> Dict[str, np.ndarray]:
-  n = batch["label"].shape[0]
+  n = next(iter(batch.values())).shape[0]
   if n == size:
     return batch
   return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
@@ -166,7 +169,8 @@ def _pad_batch(batch: Dict[str, np.ndarray], size: int) -> Dict[str, np.ndarray]
 
 def eval_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, process_index: int = 0,
                  process_count: int = 1, num_threads: int = 2, image_key: str = "image",
-                 label_key: str = "label") -> grain.IterDataset:
+                 label_key: str = "label", transform: Optional[grain.transforms.Map] = None
+                 ) -> grain.IterDataset:
   """One pass over ``source`` in order, in batches padded to ``batch_size`` (``mask`` marks real ones).
 
   Every process yields the same number of batches (padding where its shard is shorter), as SPMD
@@ -176,7 +180,7 @@ def eval_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, process_in
   per_process = -(-n // process_count)
   num_batches = max(1, -(-per_process // batch_size))
   ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.map(EvalTransform(aug, image_key, label_key))
+  ds = ds.map(transform or EvalTransform(aug, image_key, label_key))
   ds = ds.batch(batch_size, drop_remainder=False).map(lambda b: _pad_batch(b, batch_size))
   missing = num_batches - len(ds)
   if missing > 0:  # this process's shard is shorter: add all-padding batches

@@ -1,9 +1,10 @@
-"""Pictures of results: confusion matrices (PNG files and TensorBoard images)."""
+"""Pictures of results (PNG files and TensorBoard images): confusion matrices, valence-arousal
+scatter / density plots and per-video prediction-vs-label time series."""
 
 from __future__ import annotations
 
 import io
-from typing import Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -49,3 +50,86 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str,
   from PIL import Image
   Image.fromarray(image).save(path)
   return image
+
+
+def _save(image: np.ndarray, path: str) -> np.ndarray:
+  from PIL import Image
+  Image.fromarray(image).save(path)
+  return image
+
+
+def va_scatter_figure(predictions: np.ndarray, labels: np.ndarray, names: Sequence[str] = ("valence", "arousal"),
+                      title: str = "", max_points: int = 20000):
+  """Per dimension: predicted vs true (density of all frames + a point sample); for two dimensions also
+  the label and prediction clouds in the valence-arousal plane."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
+  d = predictions.shape[-1]
+  panels = d + (1 if d == 2 else 0)
+  fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels, 4.0), dpi=100, squeeze=False)
+  rng = np.random.default_rng(0)
+  pick = rng.permutation(len(labels))[:max_points]
+  for k in range(d):
+    ax = axes[0, k]
+    ax.hist2d(labels[:, k], predictions[:, k], bins=40, range=[[-1, 1], [-1, 1]], cmap="Blues", cmin=1)
+    ax.plot([-1, 1], [-1, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"true {names[k]}")
+    ax.set_ylabel(f"predicted {names[k]}")
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    ax.set_aspect("equal")
+  if d == 2:
+    ax = axes[0, 2]
+    ax.scatter(labels[pick, 0], labels[pick, 1], s=3, alpha=0.3, label="true", color="tab:blue")
+    ax.scatter(predictions[pick, 0], predictions[pick, 1], s=3, alpha=0.3, label="predicted",
+               color="tab:orange")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.legend(loc="lower right", markerscale=4)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def save_va_scatter(predictions, labels, path: str, names=("valence", "arousal"), title: str = "") -> np.ndarray:
+  return _save(figure_to_array(va_scatter_figure(predictions, labels, names, title)), path)
+
+
+def va_timeseries_figure(videos: Dict[str, Dict[str, np.ndarray]], names: Sequence[str] = ("valence", "arousal"),
+                         title: str = ""):
+  """One row per video, one column per dimension: prediction and label against the frame index.
+
+  ``videos``: name -> {'frame_index' (N,), 'predictions' (N, D), 'labels' (N, D)}.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  d = len(names)
+  fig, axes = plt.subplots(len(videos), d, figsize=(5.0 * d, 1.8 * len(videos) + 0.6), dpi=100,
+                           squeeze=False, sharey=True)
+  for r, (video, v) in enumerate(videos.items()):
+    order = np.argsort(v["frame_index"])
+    for k in range(d):
+      ax = axes[r, k]
+      ax.plot(v["frame_index"][order], v["labels"][order, k], color="tab:blue", lw=1.0, label="true")
+      ax.plot(v["frame_index"][order], v["predictions"][order, k], color="tab:orange", lw=1.0,
+              label="predicted")
+      ax.set_ylim(-1.05, 1.05)
+      ax.set_title(f"{video}: {names[k]}", fontsize=8)
+      if r == len(videos) - 1:
+        ax.set_xlabel("frame")
+  axes[0, 0].legend(loc="upper left", fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def save_va_timeseries(videos, path: str, names=("valence", "arousal"), title: str = "") -> np.ndarray:
+  return _save(figure_to_array(va_timeseries_figure(videos, names, title)), path)

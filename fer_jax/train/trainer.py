@@ -27,8 +27,10 @@ from clu import metric_writers, periodic_actions
 
 from fer_jax import registry
 from fer_jax.data import pipeline, sources
-from fer_jax.metrics import classification
-from fer_jax.train import optim, plots, sharding
+from fer_jax.train import classification_task, optim, sharding
+# Re-exported: the classification loss and the preprocessing used by every task.
+from fer_jax.train.classification_task import cross_entropy  # noqa: F401
+from fer_jax.train.preprocess import input_shape, preprocess_images  # noqa: F401
 
 
 @flax.struct.dataclass
@@ -71,30 +73,15 @@ def create_model(config: ml_collections.ConfigDict):
   return registry.get_model(config.model_name, **kwargs)
 
 
-def input_shape(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
-  size = config.input.get("crop") or config.input.get("resize") or config.dataset.image_size
-  return (size, size, config.input.get("channels", 3))
-
-
-def preprocess_images(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """uint8 (..., H, W, c) -> float32 in [0, 1], optional per-image standardisation or mean/std,
-  grey -> ``input.channels``."""
-  x = images.astype(jnp.float32) / 255.0
-  if config.input.get("per_image_standardization"):
-    # tf.image.per_image_standardization of the uint8 image: zero mean, unit variance per image
-    # (lighting invariance); the std floor 1/sqrt(N) grey levels only guards blank images.
-    n = x.shape[-3] * x.shape[-2] * x.shape[-1]
-    mean = x.mean(axis=(-3, -2, -1), keepdims=True)
-    std = jnp.maximum(x.std(axis=(-3, -2, -1), keepdims=True), 1.0 / (255.0 * np.sqrt(n)))
-    x = (x - mean) / std
-  channels = config.input.get("channels", 3)
-  if x.shape[-1] == 1 and channels == 3:
-    x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
-  elif x.shape[-1] != channels:
-    raise ValueError(f"Images have {x.shape[-1]} channels; config.input.channels={channels}")
-  if config.input.get("mean") is not None:
-    x = (x - jnp.asarray(config.input.mean)) / jnp.asarray(config.input.std)
-  return x
+def get_task(config: ml_collections.ConfigDict):
+  """The task object of ``config.task``: 'classification' (default) or 'affect'."""
+  name = config.get("task", "classification")
+  if name == "classification":
+    return classification_task.ClassificationTask(config)
+  if name == "affect":
+    from fer_jax.train import affect_task
+    return affect_task.AffectTask(config)
+  raise ValueError(f"config.task={name!r}; expected 'classification' or 'affect'")
 
 
 def _apply(model, params, model_state, x, train, rng):
@@ -105,26 +92,20 @@ def _apply(model, params, model_state, x, train, rng):
   return out, model_state
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  label_smoothing: float = 0.0) -> jax.Array:
-  """Mean softmax cross-entropy against (optionally smoothed) one-hot targets."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-
-
 def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               config) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               config, task=None) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step. A non-finite loss or gradient leaves the state untouched (``finite`` = 0)."""
+  task = task or get_task(config)
   step_rng = jax.random.fold_in(rng, state.step)
-  x = preprocess_images(batch["image"], config)
-  num_classes = config.dataset.num_classes
+  x = task.model_input(batch)
 
   def loss_fn(params):
-    logits, new_model_state = _apply(model, params, state.model_state, x, True, step_rng)
-    loss = cross_entropy(logits, batch["label"], num_classes, config.loss.get("label_smoothing", 0.0))
-    return loss, (logits, new_model_state)
+    outputs, new_model_state = _apply(model, params, state.model_state, x, True, step_rng)
+    loss, task_metrics = task.loss(outputs, batch)
+    return loss, (task_metrics, new_model_state)
 
-  (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (task_metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -138,31 +119,18 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
                             model_state=new_model_state, ema_params=ema)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-  metrics = {
-      "loss": loss, "grad_norm": grad_norm, "finite": finite,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-  }
-  return new_state, metrics
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, **task_metrics}
 
 
-def eval_step(params, model_state, batch, *, model, config) -> Dict[str, jax.Array]:
-  """Predictions for a batch; ten-crop batches (B, 10, H, W, C) average the logits over crops."""
-  images = batch["image"]
-  crops = images.ndim == 5
-  if crops:
-    b, n = images.shape[:2]
-    images = images.reshape((b * n,) + images.shape[2:])
-  logits, _ = _apply(model, params, model_state, preprocess_images(images, config), False, None)
-  logits = logits.astype(jnp.float32)
-  if crops:
-    logits = logits.reshape(b, n, -1).mean(1)
-  return {"logits": logits, "predictions": jnp.argmax(logits, -1), "labels": batch["label"],
-          "mask": batch["mask"]}
+def eval_step(params, model_state, batch, *, model, config, task=None) -> Dict[str, jax.Array]:
+  """The task's evaluation outputs for one batch (inference mode)."""
+  task = task or get_task(config)
+  return task.eval_step(lambda x: _apply(model, params, model_state, x, False, None)[0], batch)
 
 
 def create_train_state(config, model, tx, rng, mesh) -> Tuple[TrainState, Any]:
   """Initialises the state directly into its shardings (shapes first via ``jax.eval_shape``)."""
-  dummy = jnp.zeros((1,) + input_shape(config), jnp.float32)
+  dummy = get_task(config).init_input()
 
   def init(rng):
     variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
@@ -227,45 +195,6 @@ def _global_batch(batch: Dict[str, np.ndarray], batch_sharding) -> Dict[str, jax
   return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
 
 
-def evaluate(jit_eval_step, params, model_state, dataset, batch_sharding,
-             num_classes: int) -> Tuple[Dict[str, Any], np.ndarray]:
-  """Runs one pass over ``dataset``; returns (scores, confusion matrix)."""
-  cm = np.zeros((num_classes, num_classes), np.int64)
-  for batch in dataset:
-    out = jax.device_get(jit_eval_step(params, model_state, _global_batch(batch, batch_sharding)))
-    cm += classification.confusion_matrix(out["labels"], out["predictions"], num_classes, out["mask"])
-  return classification.scores_from_confusion(cm), cm
-
-
-def _class_names(builder, label_key: str, num_classes: int):
-  try:
-    names = list(builder.info.features[label_key].names)
-  except (KeyError, AttributeError):
-    names = []
-  return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
-
-
-def _write_eval(writer, workdir, prefix, step, scores, cm, class_names, plot: bool):
-  scalars = {f"{prefix}/accuracy": scores["accuracy"], f"{prefix}/macro_f1": scores["macro_f1"]}
-  scalars.update({f"{prefix}/f1_{n}": f for n, f in zip(class_names, scores["f1"])})
-  writer.write_scalars(step, scalars)
-  if plot and jax.process_index() == 0:
-    image = plots.save_confusion_matrix(
-        cm, class_names, os.path.join(workdir, f"confusion_matrix_{prefix}.png"),
-        title=f"{prefix} (step {step}): acc {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
-    writer.write_images(step, {f"{prefix}/confusion_matrix": image[None]})
-
-
-def _jsonable(scores: Dict[str, Any], cm: np.ndarray, class_names) -> Dict[str, Any]:
-  return {
-      "accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"]),
-      "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                    for n, p, r, f, s in zip(class_names, scores["precision"], scores["recall"],
-                                             scores["f1"], scores["support"])},
-      "confusion_matrix": cm.tolist(), "class_names": list(class_names),
-  }
-
-
 # ----------------------------------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------------------------------
@@ -297,7 +226,8 @@ class Experiment:
       importlib.import_module(ds.import_module)  # registers the user's own TFDS builders
     self.builder = sources.get_builder(ds.name, data_dir=ds.get("data_dir"),
                                        manual_dir=ds.get("manual_dir"))
-    self.class_names = _class_names(self.builder, ds.get("label_key", "label"), ds.num_classes)
+    self.task = get_task(config)
+    self.task.set_names_from_builder(self.builder)
     self.aug = pipeline.aug_from_config(config.input)
     n_dev, n_proc = jax.device_count(), jax.process_count()
     for name in ("batch_size", "eval_batch_size"):
@@ -314,23 +244,25 @@ class Experiment:
 
   def eval_dataset(self, split: str):
     c = self.config
-    return pipeline.eval_dataset(
+    return self.task.eval_dataset(
         self.source(split), self.aug, batch_size=c.input.eval_batch_size // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=c.input.get("num_threads", 2), image_key=c.dataset.get("image_key", "image"),
-        label_key=c.dataset.get("label_key", "label"))
+        num_threads=c.input.get("num_threads", 2))
 
   def train_dataset(self, source):
     c = self.config
-    return pipeline.train_dataset(
+    return self.task.train_dataset(
         source, self.aug, batch_size=c.input.batch_size // jax.process_count(), seed=c.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=c.input.get("num_threads", 2), prefetch=c.input.get("prefetch", 4),
-        image_key=c.dataset.get("image_key", "image"), label_key=c.dataset.get("label_key", "label"))
+        num_threads=c.input.get("num_threads", 2), prefetch=c.input.get("prefetch", 4))
+
+  def evaluate(self, jit_eval_step, params, model_state, dataset) -> Dict[str, Any]:
+    return self.task.evaluate(jit_eval_step, params, model_state, dataset,
+                              lambda batch: _global_batch(batch, self.batch_sharding))
 
   def jit_eval_step(self, state_shardings):
     replicated = sharding.replicated(self.mesh)
-    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config),
+    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config, task=self.task),
                    in_shardings=(state_shardings.params, state_shardings.model_state,
                                  self.batch_sharding),
                    out_shardings=replicated)
@@ -406,22 +338,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       now = time.time()
       steps_per_s = (step - step_log) / max(now - t_log, 1e-9)
       t_log, step_log = now, step
-      scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in ("loss", "accuracy", "grad_norm")}
+      keys = ("grad_norm",) + tuple(exp.task.train_log_keys)
+      scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in keys}
       scalars["train/lr"] = float(schedule(step))
       scalars["train/images_per_s"] = steps_per_s * c.input.batch_size
       writer.write_scalars(step, scalars)
       loss_log.append((step, scalars["train/loss"]))
       eta = (num_train_steps - step) / max(steps_per_s, 1e-9)
-      logging.info("step %d/%d | loss %.4f acc %.3f | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
-                   step, num_train_steps, scalars["train/loss"], scalars["train/accuracy"],
-                   scalars["train/lr"], steps_per_s, scalars["train/images_per_s"],
-                   _format_duration(eta))
+      shown = " ".join(f"{k} {scalars['train/' + k]:.4f}" for k in exp.task.train_log_keys)
+      logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
+                   step, num_train_steps, shown, scalars["train/lr"], steps_per_s,
+                   scalars["train/images_per_s"], _format_duration(eta))
     if eval_ds is not None and eval_every and step % eval_every == 0 and step < num_train_steps:
-      scores, cm = evaluate(p_eval_step, state.params, state.model_state, eval_ds, exp.batch_sharding,
-                            c.dataset.num_classes)
-      _write_eval(writer, workdir, eval_split, step, scores, cm, exp.class_names, plot=False)
-      logging.info("eval %s at step %d: accuracy %.4f macro-F1 %.4f", eval_split, step,
-                   scores["accuracy"], scores["macro_f1"])
+      result = exp.evaluate(p_eval_step, state.params, state.model_state, eval_ds)
+      exp.task.write(writer, workdir, eval_split, step, result, plot=False)
+      logging.info("eval %s at step %d: %s", eval_split, step, exp.task.summary(result))
     out_of_time = time_limit and time.time() - t_start > time_limit
     preempted = manager.reached_preemption(step)
     force = step == num_train_steps or out_of_time or preempted
@@ -450,12 +381,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       logging.warning("Split %r not in %s; skipping its evaluation.", split, c.dataset.name)
       continue
     ds = eval_ds if split == eval_split else exp.eval_dataset(split)
-    scores, cm = evaluate(p_eval_step, params, state.model_state, ds, exp.batch_sharding,
-                          c.dataset.num_classes)
-    _write_eval(writer, workdir, split, step, scores, cm, exp.class_names, plot=True)
-    results[split] = _jsonable(scores, cm, exp.class_names)
-    logging.info("Final %s (step %d):\n%s", split, step,
-                 classification.format_report(scores, exp.class_names))
+    result = exp.evaluate(p_eval_step, params, state.model_state, ds)
+    exp.task.write(writer, workdir, split, step, result, plot=True)
+    results[split] = exp.task.to_json(result)
+    logging.info("Final %s (step %d):\n%s", split, step, exp.task.report(result))
   writer.flush()
   if is_main:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -476,16 +405,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first (fer-jax train ...)")
   state, step = restore_checkpoint(manager, state, None, step)
   params = state.ema_params if (config.ema.get("decay", 0.0) and config.ema.get("eval_with_ema", True)) else state.params
-  scores, cm = evaluate(exp.jit_eval_step(state_shardings), params, state.model_state,
-                        exp.eval_dataset(split), exp.batch_sharding, config.dataset.num_classes)
+  result = exp.evaluate(exp.jit_eval_step(state_shardings), params, state.model_state,
+                        exp.eval_dataset(split))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  _write_eval(writer, workdir, split, step, scores, cm, exp.class_names, plot=True)
+  exp.task.write(writer, workdir, split, step, result, plot=True)
   writer.flush()
-  result = {"step": int(step), split: _jsonable(scores, cm, exp.class_names)}
+  out = {"step": int(step), split: exp.task.to_json(result)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"metrics_eval_{split}.json"), "w") as f:
-      json.dump(result, f, indent=2)
-  logging.info("Evaluation of step %d on %s:\n%s", step, split,
-               classification.format_report(scores, exp.class_names))
+      json.dump(out, f, indent=2)
+  logging.info("Evaluation of step %d on %s:\n%s", step, split, exp.task.report(result))
   manager.close()
-  return result
+  return out
