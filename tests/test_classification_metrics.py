@@ -52,3 +52,51 @@ def test_streaming_equals_one_shot_with_uneven_batches_and_mask():
 def test_bad_label_is_reported():
   with pytest.raises(ValueError, match="Label 9 outside"):
     classification.confusion_matrix(np.array([9]), np.array([0]), 7)
+
+
+def _streamed_scores(labels, preds, mask, k, bounds):
+  metric = classification.ConfusionMatrix.empty(k)
+  for lo, hi in bounds:
+    metric = metric.merge(classification.ConfusionMatrix.from_model_output(
+        predictions=jnp.asarray(preds[lo:hi]), labels=jnp.asarray(labels[lo:hi]),
+        mask=jnp.asarray(mask[lo:hi]), num_classes=k))
+  return metric.compute()
+
+
+def test_streaming_equals_sklearn_accuracy_and_prfs():
+  from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+  rng = np.random.default_rng(1)
+  k, n = 8, 2011
+  labels = rng.integers(0, k - 2, n)  # class 6: predicted but never true; class 7: never seen at all
+  preds = np.where(rng.random(n) < 0.55, labels, rng.integers(0, k - 1, n))
+  mask = rng.random(n) < 0.8
+  s = _streamed_scores(labels, preds, mask, k, [(0, 3), (3, 1024), (1024, 1025), (1025, 2011)])
+  l, p = labels[mask], preds[mask]
+  assert s["accuracy"] == pytest.approx(accuracy_score(l, p), abs=1e-15)
+  prec, rec, f1, support = precision_recall_fscore_support(
+      l, p, labels=np.arange(k), average=None, zero_division=0)
+  np.testing.assert_allclose(s["precision"], prec, rtol=1e-12)
+  np.testing.assert_allclose(s["recall"], rec, rtol=1e-12)
+  np.testing.assert_allclose(s["f1"], f1, rtol=1e-12)
+  np.testing.assert_array_equal(s["support"], support)
+  assert s["precision"][6] == 0 and s["f1"][7] == 0 and s["support"][6] == 0
+  _, _, macro_f1, _ = precision_recall_fscore_support(l, p, labels=np.arange(k), average="macro",
+                                                      zero_division=0)
+  assert s["macro_f1"] == pytest.approx(macro_f1, abs=1e-12)
+
+
+def test_masked_padding_rows_do_not_count():
+  # A padded final batch: garbage labels/predictions in padded rows must not change any score.
+  from sklearn.metrics import precision_recall_fscore_support
+  rng = np.random.default_rng(2)
+  k = 5
+  labels = rng.integers(0, k, 300)
+  preds = rng.integers(0, k, 300)
+  mask = np.ones(300, bool)
+  mask[250:] = False
+  garbage = labels.copy()
+  garbage[250:] = 0
+  s = _streamed_scores(garbage, preds, mask, k, [(0, 128), (128, 256), (256, 300)])
+  ref = precision_recall_fscore_support(labels[:250], preds[:250], labels=np.arange(k), zero_division=0)
+  for got, want in zip((s["precision"], s["recall"], s["f1"], s["support"]), ref):
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -41,3 +41,19 @@ def test_adamw_does_not_decay_vectors():
   # Zero gradient: only weight decay moves the matrix (-lr * wd * w); the bias is untouched.
   np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
   np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
+
+
+def test_optimizer_clips_latent_binary_kernels_only():
+  c = config_utils.base_config()
+  c.optimizer.update(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=0.0)
+  tx = optim.create_optimizer(c, lambda step: 1.0)
+  params = {"QuantDense_0": {"latent_kernel": jnp.array([[0.5, -0.9], [0.2, 0.0]]), "bias": jnp.zeros(2)},
+            "Dense_0": {"kernel": jnp.array([[0.5, -0.9]])}}
+  grads = {"QuantDense_0": {"latent_kernel": jnp.array([[-2.0, 0.5], [0.3, -0.5]]), "bias": jnp.array([-3.0, 0])},
+           "Dense_0": {"kernel": jnp.array([[-2.0, 0.5]])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = jax.tree.map(lambda p, u: p + u, params, updates)
+  # SGD step p - g, then the binary latent kernel (only) is clipped to [-1, 1].
+  np.testing.assert_allclose(new["QuantDense_0"]["latent_kernel"], [[1.0, -1.0], [-0.1, 0.5]], atol=1e-7)
+  np.testing.assert_allclose(new["QuantDense_0"]["bias"], [3.0, 0.0])
+  np.testing.assert_allclose(new["Dense_0"]["kernel"], [[2.5, -1.4]], atol=1e-7)

@@ -65,7 +65,10 @@ def _decay_mask(params: Any, no_decay_regex: str) -> Any:
 
 
 def create_optimizer(config: Any, schedule: Schedule) -> optax.GradientTransformation:
-  """Gradient clipping -> the named optimizer. No weight decay on 1-D params (norms, biases, gammas)."""
+  """Gradient clipping -> the named optimizer -> latent-kernel clipping (binarized layers only).
+
+  No weight decay on 1-D params (norms, biases, gammas).
+  """
   oc = config.optimizer
   chain = []
   if oc.get("grad_clip_norm"):
@@ -84,4 +87,8 @@ def create_optimizer(config: Any, schedule: Schedule) -> optax.GradientTransform
           oc.weight_decay, mask=lambda p: _decay_mask(p, oc.get("no_decay_regex", "$^"))))
   else:
     raise ValueError(f"Unknown optimizer.name {name!r}; expected one of ['adam', 'adamw', 'sgd']")
+  # Binarized layers: project their latent kernels back into [-1, 1] after every update (BNN, Hubara
+  # et al. 2016, Alg. 1). A no-op for models without 'latent_kernel' parameters.
+  from fer_jax.layers import quant
+  chain.append(quant.clip_latent_kernels(oc.get("latent_clip_value", 1.0)))
   return optax.chain(*chain)
