@@ -52,6 +52,11 @@ def convnext_param_count(depths, dims, num_classes, stem_patch_size=4, in_channe
   return n + 2 * dims[-1] + dims[-1] * num_classes + num_classes
 
 
+_IRN_REF = "closed form (tests/test_inception_resnet.py closed_form_params) = PyTorch reference count"
+_IRN = dict(family="inception_resnet", reference=_IRN_REF, count_kwargs={},
+            input_shape=(75, 75, 3), smoke_shape=(75, 75, 3),
+            smoke_kwargs={"num_classes": 7, "width_multiplier": 0.25},
+            stochastic_kwargs={"dropout_rate": 0.5})
 _SMALL_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 
 EXPECTED: Dict[str, Spec] = {
@@ -68,6 +73,10 @@ EXPECTED: Dict[str, Spec] = {
     "convnext_base": Spec(88_591_464, **_CNX),
     "convnext_large": Spec(197_767_336, **_CNX),
     "convnext_xlarge": Spec(350_196_968, **_CNX),
+    "inception_resnet_shallow": Spec(8_043_650, **_IRN),
+    "inception_resnet_deep": Spec(20_966_914, **_IRN),
+    # (T, H, W, C): the LSTM model takes clips.
+    "inception_resnet_lstm": Spec(12_761_730, **{**_IRN, "input_shape": (2, 75, 75, 3)}),
 }
 
 REGISTERED = list_models()

@@ -1,3 +1,4 @@
 """Model families. Importing this package registers every built-in model."""
 
 from fer_jax.models import convnext  # noqa: F401
+from fer_jax.models import inception_resnet  # noqa: F401

@@ -33,6 +33,7 @@ class ClassificationTask:
 
   name = "classification"
   train_log_keys = ("loss", "accuracy")
+  images_per_example = 1
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -341,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       keys = ("grad_norm",) + tuple(exp.task.train_log_keys)
       scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in keys}
       scalars["train/lr"] = float(schedule(step))
-      scalars["train/images_per_s"] = steps_per_s * c.input.batch_size
+      scalars["train/images_per_s"] = steps_per_s * c.input.batch_size * exp.task.images_per_example
       writer.write_scalars(step, scalars)
       loss_log.append((step, scalars["train/loss"]))
       eta = (num_train_steps - step) / max(steps_per_s, 1e-9)
