@@ -48,7 +48,7 @@ AFF_WILD = "aff_wild/crop_299"
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="deep", data="affwild", res=0, width=0.0, loss="l2",
-                               steps=0, batch=64, runlocal=False)
+                               steps=0, batch=64, window=0, runlocal=False)
   if arg.variant not in VARIANTS:
     raise ValueError(f"variant={arg.variant!r}; expected one of {sorted(VARIANTS)}")
   if arg.data not in ("affwild", "synthetic"):
@@ -63,7 +63,7 @@ def get_config(arg=None):
                  padding="SAME" if synthetic else "VALID")
   if sequence:
     c.model.update(lstm_hidden=64 if synthetic else 512, lstm_layers=1)
-  window = 8 if sequence else 4
+  window = arg.window or (8 if sequence else 4)
   if synthetic:
     c.dataset.update(name="synthetic_expressions/sequences", image_size=48, test_split="test")
     c.affect = config_utils.affect_config(video_key="id", window=window, stride=1,
@@ -73,7 +73,7 @@ def get_config(arg=None):
   else:
     c.dataset.update(name=AFF_WILD, image_size=299, test_split=None)
     c.affect = config_utils.affect_config(video_key="video_id", mask_key="frame_mask",
-                                          frame_index_key="frame_index", window=16 if sequence else window,
+                                          frame_index_key="frame_index", window=arg.window or (16 if sequence else 4),
                                           stride=1, eval_hop=8, sequence_model=sequence)
     res = arg.res or 299
     c.input.update(resize=res, crop=res, channels=3, rotation=5.0, hflip=True)

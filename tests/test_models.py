@@ -57,6 +57,11 @@ _IRN = dict(family="inception_resnet", reference=_IRN_REF, count_kwargs={},
             input_shape=(75, 75, 3), smoke_shape=(75, 75, 3),
             smoke_kwargs={"num_classes": 7, "width_multiplier": 0.25},
             stochastic_kwargs={"dropout_rate": 0.5})
+_EMX = dict(family="emonext", smoke_shape=(64, 64, 3),
+            reference="closed form fer_jax.models.emonext.emonext_param_count(..., image_size=64)",
+            stochastic_kwargs={"drop_path_rate": 0.5},
+            smoke_kwargs={"num_classes": 7, "layer_scale_init_value": 1.0})
+_EMX_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 _SMALL_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 
 EXPECTED: Dict[str, Spec] = {
@@ -73,6 +78,19 @@ EXPECTED: Dict[str, Spec] = {
     "convnext_base": Spec(88_591_464, **_CNX),
     "convnext_large": Spec(197_767_336, **_CNX),
     "convnext_xlarge": Spec(350_196_968, **_CNX),
+    "emonext": Spec(1_328_556, family="emonext", reference="closed form (emonext_param_count, 32 px)",
+                    input_shape=(32, 32, 3), count_kwargs=_EMX_CUSTOM,
+                    stochastic_kwargs={"drop_path_rate": 0.5},
+                    smoke_kwargs={**_EMX_CUSTOM, "layer_scale_init_value": 1.0}),
+    "emonext_atto": Spec(3_967_940, **_EMX),
+    "emonext_femto": Spec(5_587_964, **_EMX),
+    "emonext_pico": Spec(9_664_556, **_EMX),
+    "emonext_nano": Spec(16_532_060, **_EMX),
+    "emonext_tiny": Spec(29_918_156, **_EMX),
+    "emonext_small": Spec(51_552_716, **_EMX),
+    "emonext_base": Spec(90_914_284, **_EMX),
+    "emonext_large": Spec(202_928_684, **_EMX),
+    "emonext_xlarge": Spec(359_331_436, **_EMX),
     "inception_resnet_shallow": Spec(8_043_650, **_IRN),
     "inception_resnet_deep": Spec(20_966_914, **_IRN),
     # (T, H, W, C): the LSTM model takes clips.

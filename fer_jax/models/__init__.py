@@ -2,3 +2,4 @@
 
 from fer_jax.models import convnext  # noqa: F401
 from fer_jax.models import inception_resnet  # noqa: F401
+from fer_jax.models import emonext  # noqa: F401

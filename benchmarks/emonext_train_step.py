@@ -1,0 +1,237 @@
+"""EmoNeXt train-step throughput: fer_jax (Flax) vs a PyTorch EmoNeXt (timm ConvNeXt + torch STN /
+SE / self-attention from ``benchmarks/emonext_torch_reference.py``).
+
+One optimisation step on a fixed random batch with the official training objective -- forward,
+L = CE (label smoothing 0.2) + 1.0 * L_SA, backward, AdamW -- for
+``fer_jax.registry.get_model(model, num_classes, depthwise_impl=...)`` under ``jax.jit`` (train state
+donated, STN BatchNorm statistics updated) and for the torch reference around
+``timm.create_model(<model with 'emonext' -> 'convnext'>)`` (channels_last, ``torch.optim.AdamW``).
+Same configuration on both sides (``--se-placement``, ``--sa-mode``, ``--no-stn``), stochastic
+depth off. Every contender is compiled / warmed up first, then the contenders run interleaved:
+``--rounds`` rounds of ``--steps`` timed steps each, so load from other processes hits them alike.
+Reported: median (and min) step time, images/s = batch / median, and the time ratio to the first
+torch contender (``--torch-threads``, default 2 = the machine's cores, then 1: on a loaded 2-core
+machine OpenMP's 2-thread barriers can make torch several times slower than 1 thread; XLA uses its
+own pool).
+
+Run (EmoNeXt-T, batch 16, 224 px; a few minutes on 2 shared cores):
+
+  .venv/bin/python benchmarks/emonext_train_step.py \
+      --json benchmarks/results/emonext_train_step.json
+
+Shorter (what produced the committed JSON; see its 'meta' for the exact arguments):
+
+  .venv/bin/python benchmarks/emonext_train_step.py --batch 8 --rounds 2 --steps 2 --warmup 1 \
+      --json benchmarks/results/emonext_train_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))  # repo root
+sys.path.insert(0, _HERE)  # emonext_torch_reference
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from fer_jax.layers.depthwise import resolve_impl  # noqa: E402
+from fer_jax.models.emonext import emonext_loss  # noqa: E402
+from fer_jax.registry import get_model  # noqa: E402
+
+
+def _model_kwargs(args):
+  return dict(use_stn=not args.no_stn, se_placement=args.se_placement,
+              sa_mode=None if args.sa_mode == "none" else args.sa_mode)
+
+
+def make_jax_step(args, impl, images, labels):
+  """Returns (step_fn, first loss, compile s, #params)."""
+  model = get_model(args.model, num_classes=args.num_classes, depthwise_impl=impl,
+                    **_model_kwargs(args))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images[:1])
+  params = variables["params"]
+  tx = optax.adamw(args.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
+  state = {"params": params, "batch_stats": variables.get("batch_stats", {}),
+           "opt": tx.init(params)}
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_step(state, x, y, rng):
+    def loss_fn(p):
+      v = {"params": p}
+      if state["batch_stats"]:
+        v["batch_stats"] = state["batch_stats"]
+      (logits, aux), upd = model.apply(v, x, train=True, return_features=True,
+                                       rngs={"dropout": rng}, mutable=["batch_stats"])
+      loss, _ = emonext_loss(logits, aux, y, sa_weight=args.sa_weight,
+                             label_smoothing=args.label_smoothing)
+      return loss, upd.get("batch_stats", {})
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats,
+            "opt": opt}, loss
+
+  rng = jax.random.key(1)
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, images, labels, rng).compile()
+  compile_s = time.perf_counter() - t0
+  box = {"state": state}
+
+  def step():
+    box["state"], loss = compiled(box["state"], images, labels, rng)
+    return float(jax.block_until_ready(loss))
+
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+  return step, step(), compile_s, n_params
+
+
+def make_torch_step(args, images_nhwc, labels, threads):
+  """Returns (step_fn, first loss, description)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from fer_jax.testing import import_timm  # pylint: disable=import-outside-toplevel
+  import emonext_torch_reference as reference  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  _, timm = import_timm()
+  variant = args.model.replace("emonext", "convnext")
+  model = reference.build_torch_emonext(timm, variant, num_classes=args.num_classes,
+                                        image_size=args.size, **_model_kwargs(args))
+  model = model.to(memory_format=torch.channels_last).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=args.weight_decay)
+  x = torch.from_numpy(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous(
+      memory_format=torch.channels_last)
+  y = torch.from_numpy(np.asarray(labels)).long()
+  ce = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+  def step():
+    torch.set_num_threads(threads)
+    opt.zero_grad(set_to_none=True)
+    logits, _, sa_loss, _ = model(x)
+    loss = ce(logits, y) + args.sa_weight * sa_loss
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+  n_params = sum(p.numel() for p in model.parameters())
+  desc = (f"torch reference: timm {timm.__version__} {variant} + torch STN/SE/SA; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, channels_last, "
+          f"{n_params / 1e6:.2f}M params (incl. the official unused attention value Linear)")
+  return step, step(), desc
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--model", default="emonext_tiny")
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--size", type=int, default=224)
+  ap.add_argument("--num-classes", type=int, default=7)
+  ap.add_argument("--se-placement", default="downsample", choices=("downsample", "stage", "none"))
+  ap.add_argument("--sa-mode", default="batch", choices=("batch", "feature", "none"))
+  ap.add_argument("--no-stn", action="store_true")
+  ap.add_argument("--impls", default="auto", help="comma-separated depthwise impls (JAX side)")
+  ap.add_argument("--torch-threads", default="2,1",
+                  help="comma-separated torch.set_num_threads values, one torch contender each; "
+                       "the first is the ratios' reference; empty: skip PyTorch")
+  ap.add_argument("--warmup", type=int, default=2, help="untimed steps per contender")
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
+  ap.add_argument("--lr", type=float, default=1e-4)
+  ap.add_argument("--weight-decay", type=float, default=0.05)
+  ap.add_argument("--label-smoothing", type=float, default=0.2)
+  ap.add_argument("--sa-weight", type=float, default=1.0)
+  ap.add_argument("--json", default=None, help="write results here")
+  args = ap.parse_args()
+
+  impls = [resolve_impl(name) for name in args.impls.split(",")]
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.0, 1.0, (args.batch, args.size, args.size, 3)).astype(np.float32)
+  labels = rng.integers(0, args.num_classes, (args.batch,)).astype(np.int32)
+  images_j, labels_j = jnp.asarray(images), jnp.asarray(labels)
+  load_start = os.getloadavg()
+
+  contenders, info = {}, {}
+  for impl in dict.fromkeys(impls):
+    step, loss0, compile_s, n_params = make_jax_step(args, impl, images_j, labels_j)
+    name = f"jax/{impl}"
+    contenders[name] = step
+    info[name] = {"first_loss": loss0, "compile_s": compile_s, "params": n_params,
+                  "source": f"fer_jax {args.model}, depthwise_impl={impl!r}"}
+    print(f"{name}: {n_params / 1e6:.2f}M params, compiled in {compile_s:.1f}s, "
+          f"first loss {loss0:.4f}", flush=True)
+  torch_names = []
+  for threads in dict.fromkeys(int(t) for t in args.torch_threads.split(",") if t.strip()):
+    step, loss0, desc = make_torch_step(args, images, labels, threads)
+    name = f"torch/{threads}thr"
+    torch_names.append(name)
+    contenders[name] = step
+    info[name] = {"first_loss": loss0, "source": desc, "threads": threads}
+    print(f"{name}: {desc}; first loss {loss0:.4f}", flush=True)
+
+  for step in contenders.values():
+    for _ in range(args.warmup):
+      step()
+  times = {k: [] for k in contenders}
+  for _ in range(args.rounds):
+    for k, step in contenders.items():
+      for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times[k].append(time.perf_counter() - t0)
+  load_end = os.getloadavg()
+
+  rows = {}
+  for k, ts in times.items():
+    t = np.asarray(ts)
+    rows[k] = {**info[k], "median_ms": float(np.median(t) * 1e3), "min_ms": float(t.min() * 1e3),
+               "n_steps": int(t.size), "images_per_s": float(args.batch / np.median(t))}
+  if torch_names:
+    ref = rows[torch_names[0]]["median_ms"]
+    best = min(rows[n]["median_ms"] for n in torch_names)
+    for k in rows:
+      rows[k]["time_vs_torch"] = rows[k]["median_ms"] / ref
+      rows[k]["time_vs_best_torch"] = rows[k]["median_ms"] / best
+
+  print(f"\n{args.model} ({_model_kwargs(args)}), batch {args.batch}, {args.size} px, "
+        f"{args.num_classes} classes, CE(ls {args.label_smoothing}) + {args.sa_weight} L_SA, AdamW; "
+        f"{args.rounds} rounds x {args.steps} timed steps (after {args.warmup} warm-up), "
+        f"interleaved; {os.cpu_count()} cpus, load avg {load_start[0]:.1f} -> {load_end[0]:.1f}")
+  ref_name = torch_names[0] if torch_names else "-"
+  print(f"{'contender':>14} {'median ms':>10} {'min ms':>9} {'img/s':>7} {'time/' + ref_name:>18} "
+        f"{'time/best torch':>16}")
+  for k, r in rows.items():
+    ratio = f"{r['time_vs_torch']:.2f}x" if "time_vs_torch" in r else "-"
+    best = f"{r['time_vs_best_torch']:.2f}x" if "time_vs_best_torch" in r else "-"
+    print(f"{k:>14} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {r['images_per_s']:7.2f} {ratio:>18} "
+          f"{best:>16}")
+
+  if args.json:
+    meta = {"argv": sys.argv[1:], "model": args.model, **_model_kwargs(args), "batch": args.batch,
+            "size": args.size, "num_classes": args.num_classes, "lr": args.lr,
+            "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+            "sa_weight": args.sa_weight, "warmup": args.warmup, "rounds": args.rounds,
+            "steps_per_round": args.steps, "cpus": os.cpu_count(), "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "machine": platform.processor() or platform.machine(),
+            "load_avg_start": load_start, "load_avg_end": load_end}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+      json.dump({"meta": meta, "results": rows}, fh, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()

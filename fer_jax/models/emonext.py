@@ -1,0 +1,422 @@
+"""EmoNeXt (El Boudouri & Bohi, MMSP 2023, arXiv 2501.08199): STN -> ConvNeXt + SE -> head, with a
+self-attention regulariser on the pooled features. Official PyTorch code: yelboudouri/EmoNeXt.
+
+Pieces and where the paper and the official code differ (see /work/shared/PAPERS.md section 1):
+
+* **STN** (``use_stn``; Jaderberg et al. 2015) in front of the backbone:
+  ``fer_jax.layers.spatial_transformer.SpatialTransformer`` (localisation net as in the official code,
+  identity-initialised affine regressor, bilinear sampling with align_corners=True and zeros
+  padding). Its BatchNorms keep running statistics in the 'batch_stats' collection, so with
+  ``use_stn`` a train-mode ``apply`` needs ``mutable=['batch_stats']``. Its flatten size (10*52*52 =
+  27040 at 224 px) follows the input size fixed at ``init``.
+* **ConvNeXt backbone**: the same layers, names and init as ``fer_jax.models.convnext.ConvNeXt``.
+* **Squeeze-and-Excitation** (Hu et al. 2018, eq. 2-4; ``se_reduction`` default 16, no biases):
+  ``se_placement='downsample'`` (official code: after the stride-2 conv of downsampling layers
+  1-3, 3 blocks, params ``stage_{i}/downsample_se``), ``'stage'`` (paper: after every stage's last
+  block, 4 blocks, params ``stage_{i}/stage_se``) or ``'none'``.
+* **Self-attention regulariser** (loss only, never changes the logits). The pooled, LayerNorm-ed
+  features f (B, C) go through LayerNorm (eps 1e-5, torch's default as in the official code) and
+  two projections Q = Dense_C(f), K = Dense_C(f) (params ``attention/{norm, query, key}``; the
+  official module's ``value`` projection feeds nothing used, so we have none). Then
+  L_SA = mean((W - mean W)^2) over all entries of W, with
+
+  - ``sa_mode='batch'`` (official code): W = softmax_rows(Q K^T * C^-1/4), a (B, B) matrix that
+    attends *across the batch*; mean W = 1/B; lambda = 1 in the official code.
+  - ``sa_mode='feature'`` (the paper's equation W = softmax(Q K^T / sqrt(d)) read per image, with
+    the d = C features as the tokens): for each image b, q = Q[b], k = K[b] in R^C and
+    W[b, i, j] = softmax_j(q_i k_j / sqrt(C)), a (B, C, C) tensor (memory B*C^2 floats: 1 GiB at
+    B = 64, C = 2048); mean W = 1/C. Same parameters as 'batch', so one checkpoint serves both.
+    The paper gives no lambda; the trainer picks it.
+
+  Both are pure functions below (``batch_attention_weights``, ``feature_attention_weights``,
+  ``attention_variance``) plus the small module ``SelfAttentionRegulariser``. The softmax runs in
+  float32 whatever ``dtype`` is.
+
+Outputs: ``model.apply(v, x, train)`` -> logits (B, num_classes), the fer_jax model contract.
+``return_features=True`` -> ``(logits, aux)`` with ``aux = {'features': f (B, C), 'sa_loss':
+L_SA scalar (0.0 when sa_mode is None), 'attention': W or None}``, all float32, so a trainer
+computes L = CE + lambda * aux['sa_loss'] (``emonext_loss`` does exactly that). Under ``jax.jit``
+unused entries cost nothing.
+
+``EmoNeXt(use_stn=False, se_placement='none', sa_mode=None)`` has exactly ConvNeXt's parameter
+tree and outputs (the ``convnext`` baselines of Table II). Defaults follow the official code
+(STN on, SE at the downsampling layers, batch-mode attention) except ``drop_path_rate``, which
+keeps ConvNeXt's default 0.0 (the official ``get_model`` uses 0.1: set it in the config).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax.layers.spatial_transformer import SpatialTransformer
+from fer_jax.models.convnext import LN_EPS, ConvNeXtBlock, drop_path_schedule, trunc_normal_init
+from fer_jax.registry import register
+
+SE_PLACEMENTS = ("downsample", "stage", "none")
+SA_MODES = ("batch", "feature")
+SA_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by the official attention module.
+
+
+# ----------------------------------------------------------------------------- squeeze-excitation
+
+
+class SqueezeExcitation(nn.Module):
+  """Hu et al. 2018: z = GAP(x) (eq. 2), s = sigmoid(W2 relu(W1 z)) (eq. 3), x * s (eq. 4).
+
+  W1: C -> C // reduction, W2: C // reduction -> C, both without bias (params ``fc1``, ``fc2``).
+  """
+
+  reduction: int = 16
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    if int(self.reduction) < 1:
+      raise ValueError(f"se_reduction must be >= 1, got {self.reduction!r}")
+    hidden = c // int(self.reduction)
+    if hidden < 1:
+      raise ValueError(f"SE with {c} channels and reduction {self.reduction} has no hidden units "
+                       f"(C // reduction = 0); use se_reduction <= {c}")
+    z = jnp.mean(x, axis=(1, 2))
+    s = nn.Dense(hidden, use_bias=False, dtype=self.dtype, kernel_init=trunc_normal_init,
+                 name="fc1")(z)
+    s = nn.Dense(c, use_bias=False, dtype=self.dtype, kernel_init=trunc_normal_init,
+                 name="fc2")(nn.relu(s))
+    return x * nn.sigmoid(s)[:, None, None, :].astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- self-attention
+
+
+def batch_attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Official-code reading: softmax over rows of Q K^T * C^-1/4; q, k (B, C) -> W (B, B)."""
+  if q.ndim != 2 or q.shape != k.shape:
+    raise ValueError(f"expected q, k of the same shape (B, C), got {q.shape} and {k.shape}")
+  q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+  scores = (q @ k.T) * (q.shape[-1] ** -0.25)
+  return jax.nn.softmax(scores, axis=-1)
+
+
+def feature_attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Paper reading, per image: W[b, i, j] = softmax_j(q_bi k_bj / sqrt(C)); (B, C) -> (B, C, C)."""
+  if q.ndim != 2 or q.shape != k.shape:
+    raise ValueError(f"expected q, k of the same shape (B, C), got {q.shape} and {k.shape}")
+  q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+  scores = q[:, :, None] * k[:, None, :] / math.sqrt(q.shape[-1])
+  return jax.nn.softmax(scores, axis=-1)
+
+
+def attention_variance(w: jax.Array) -> jax.Array:
+  """L_SA = mean((W - mean W)^2) over all entries (the paper's and the code's regulariser)."""
+  w = w.astype(jnp.float32)
+  return jnp.mean(jnp.square(w - jnp.mean(w)))
+
+
+def self_attention_loss(q: jax.Array, k: jax.Array, mode: str) -> Tuple[jax.Array, jax.Array]:
+  """Returns (L_SA, W) for ``mode`` in ('batch', 'feature')."""
+  if mode == "batch":
+    w = batch_attention_weights(q, k)
+  elif mode == "feature":
+    w = feature_attention_weights(q, k)
+  else:
+    raise ValueError(f"sa_mode must be one of {SA_MODES} or None, got {mode!r}")
+  return attention_variance(w), w
+
+
+class SelfAttentionRegulariser(nn.Module):
+  """LayerNorm -> Q, K = Dense_C -> (L_SA, W); params ``norm``, ``query``, ``key``."""
+
+  mode: str = "batch"
+  norm_epsilon: float = SA_NORM_EPS
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, f: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    if self.mode not in SA_MODES:
+      raise ValueError(f"sa_mode must be one of {SA_MODES} or None, got {self.mode!r}")
+    if f.ndim != 2:
+      raise ValueError(f"self-attention expects pooled features (B, C), got shape {f.shape}")
+    c = f.shape[-1]
+    f = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="norm")(f)
+    dense = functools.partial(nn.Dense, c, dtype=self.dtype, kernel_init=trunc_normal_init)
+    q = dense(name="query")(f)
+    k = dense(name="key")(f)
+    return self_attention_loss(q, k, self.mode)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class EmoNeXtStage(nn.Module):
+  """ConvNeXt stage (same param names as ``ConvNeXtStage``) with optional SE blocks.
+
+  ``downsample_se``: SE right after the downsampling conv (official code); ``stage_se``: SE after
+  the last block (paper).
+  """
+
+  dim: int
+  drop_path_rates: Tuple[float, ...]
+  downsample: bool = True
+  downsample_se: bool = False
+  stage_se: bool = False
+  se_reduction: int = 16
+  layer_scale_init_value: Optional[float] = 1e-6
+  dtype: Any = None
+  depthwise_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.downsample:
+      x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="downsample_norm")(x)
+      x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
+                  kernel_init=trunc_normal_init, name="downsample_conv")(x)
+      if self.downsample_se:
+        x = SqueezeExcitation(self.se_reduction, dtype=self.dtype, name="downsample_se")(x)
+    for j, rate in enumerate(self.drop_path_rates):
+      x = ConvNeXtBlock(drop_path_rate=rate, layer_scale_init_value=self.layer_scale_init_value,
+                        dtype=self.dtype, depthwise_impl=self.depthwise_impl,
+                        name=f"block_{j}")(x, train)
+    if self.stage_se:
+      x = SqueezeExcitation(self.se_reduction, dtype=self.dtype, name="stage_se")(x)
+    return x
+
+
+class EmoNeXt(nn.Module):
+  """EmoNeXt classifier: [STN] -> ConvNeXt with SE -> GAP -> LN -> [dropout] -> Dense.
+
+  Attributes (ConvNeXt's, see ``fer_jax.models.convnext.ConvNeXt``, plus):
+    use_stn: spatial transformer in front (official localisation net; input size fixed at init).
+    se_placement: 'downsample' (official code, 3 SE), 'stage' (paper, 4 SE) or 'none'.
+    se_reduction: SE bottleneck ratio r (hidden = C // r).
+    sa_mode: 'batch' (official code), 'feature' (paper) or None (no attention params, loss 0).
+    sa_norm_epsilon: epsilon of the attention's LayerNorm (1e-5 as in the official code).
+  """
+
+  num_classes: int = 1000
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  drop_path_rate: float = 0.0
+  layer_scale_init_value: Optional[float] = 1e-6
+  stem_patch_size: int = 4
+  head_init_scale: float = 1.0
+  head_dropout_rate: float = 0.0
+  dtype: Any = None
+  depthwise_impl: str = "auto"
+  use_stn: bool = True
+  se_placement: str = "downsample"
+  se_reduction: int = 16
+  sa_mode: Optional[str] = "batch"
+  sa_norm_epsilon: float = SA_NORM_EPS
+
+  def _check_config(self):
+    if len(self.depths) != len(self.dims) or not self.depths:
+      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
+                       "and have the same length")
+    if any(int(d) < 1 for d in self.depths) or any(int(c) < 1 for c in self.dims):
+      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be positive")
+    if int(self.stem_patch_size) < 1:
+      raise ValueError(f"stem_patch_size must be >= 1, got {self.stem_patch_size!r}")
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
+    if not 0.0 <= self.head_dropout_rate < 1.0:
+      raise ValueError(f"head_dropout_rate must be in [0, 1), got {self.head_dropout_rate!r}")
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0, got {self.num_classes!r}")
+    if self.se_placement not in SE_PLACEMENTS:
+      raise ValueError(f"se_placement must be one of {SE_PLACEMENTS}, got {self.se_placement!r}")
+    if self.sa_mode is not None and self.sa_mode not in SA_MODES:
+      raise ValueError(f"sa_mode must be one of {SA_MODES} or None, got {self.sa_mode!r}")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+    """Maps images (B, H, W, C) to logits (B, num_classes).
+
+    Args:
+      x: float images, channels last (the official code feeds [0, 1] pixels, 224 px).
+      train: stochastic depth / head dropout ('dropout' rng) and STN BatchNorm batch statistics
+        (needs ``mutable=['batch_stats']`` when ``use_stn``).
+      return_features: return ``(logits, aux)``, aux = {'features', 'sa_loss', 'attention'}.
+    """
+    self._check_config()
+    if x.ndim != 4:
+      raise ValueError(f"EmoNeXt expects images (B, H, W, C), got shape {x.shape}")
+    p = int(self.stem_patch_size)
+    min_size = p * 2 ** (len(self.dims) - 1)
+    if x.shape[1] < min_size or x.shape[2] < min_size:
+      raise ValueError(f"input spatial size {x.shape[1:3]} is smaller than the {min_size} px this "
+                       f"EmoNeXt needs (stem patch {p}, {len(self.dims) - 1} 2x downsamplings)")
+    x = x.astype(self.dtype) if self.dtype is not None else x
+    if self.use_stn:
+      x = SpatialTransformer(dtype=self.dtype, name="stn")(x, train)
+    x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=trunc_normal_init, name="stem_conv")(x)
+    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="stem_norm")(x)
+    rates = drop_path_schedule(self.depths, self.drop_path_rate)
+    for i, dim in enumerate(self.dims):
+      x = EmoNeXtStage(dim=dim, drop_path_rates=rates[i], downsample=i > 0,
+                       downsample_se=self.se_placement == "downsample" and i > 0,
+                       stage_se=self.se_placement == "stage", se_reduction=self.se_reduction,
+                       layer_scale_init_value=self.layer_scale_init_value, dtype=self.dtype,
+                       depthwise_impl=self.depthwise_impl, name=f"stage_{i}")(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    features = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="head_norm")(x)
+    sa_loss, attention = jnp.zeros((), jnp.float32), None
+    if self.sa_mode is not None:
+      sa_loss, attention = SelfAttentionRegulariser(self.sa_mode, self.sa_norm_epsilon,
+                                                    dtype=self.dtype, name="attention")(features)
+    aux = {"features": features.astype(jnp.float32), "sa_loss": sa_loss, "attention": attention}
+    if self.num_classes == 0:
+      return (aux["features"], aux) if return_features else aux["features"]
+    y = nn.Dropout(self.head_dropout_rate, deterministic=not train)(features)
+    head_init = nn.initializers.truncated_normal(stddev=0.02 * self.head_init_scale)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=head_init, name="head")(y)
+    logits = logits.astype(jnp.float32)
+    return (logits, aux) if return_features else logits
+
+
+def emonext_loss(logits: jax.Array, aux: Dict[str, Any], labels: jax.Array,
+                 sa_weight: float = 1.0, label_smoothing: float = 0.0
+                 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """L = CE(logits, labels; label smoothing) + sa_weight * L_SA (paper eq.; official: lambda = 1,
+  smoothing 0.2). Returns (L, {'ce', 'sa_loss'})."""
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+  n = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, n), label_smoothing)
+  ce = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+  sa = aux["sa_loss"].astype(jnp.float32)
+  return ce + sa_weight * sa, {"ce": ce, "sa_loss": sa}
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def stn_param_count(image_size: int = 224, in_channels: int = 3) -> int:
+  """Official localisation net: conv 7x7 (8) + BN, pool 2, conv 5x5 (10) + BN, pool 2, Dense 32, Dense 6.
+
+  Spatial side after the two conv+pool steps: s2 = ((s - 6) // 2 - 4) // 2 (52 at 224), so the
+  flatten size is 10 * s2^2 (27040 at 224). BN running statistics are not counted (batch_stats).
+  """
+  s2 = ((int(image_size) - 6) // 2 - 4) // 2
+  if s2 < 1:
+    raise ValueError(f"image_size {image_size} is too small for the STN localisation net (>= 16)")
+  conv = 49 * in_channels * 8 + 8 + 2 * 8 + 25 * 8 * 10 + 10 + 2 * 10
+  return conv + (10 * s2 * s2) * 32 + 32 + 32 * 6 + 6
+
+
+def se_param_count(dims: Sequence[int], se_placement: str, se_reduction: int = 16) -> int:
+  """2 * C * (C // r) per SE block; 'downsample' covers dims[1:], 'stage' all dims."""
+  if se_placement not in SE_PLACEMENTS:
+    raise ValueError(f"se_placement must be one of {SE_PLACEMENTS}, got {se_placement!r}")
+  chans = {"downsample": dims[1:], "stage": dims, "none": ()}[se_placement]
+  return sum(2 * c * (c // se_reduction) for c in chans)
+
+
+def attention_param_count(dim: int, with_value: bool = False) -> int:
+  """LN (2C) + query, key (C^2 + C each); ``with_value`` adds the official, unused value Dense."""
+  return 2 * dim + (3 if with_value else 2) * (dim * dim + dim)
+
+
+def convnext_param_count(depths: Sequence[int], dims: Sequence[int], num_classes: int,
+                         stem_patch_size: int = 4, in_channels: int = 3) -> int:
+  """ConvNeXt closed form: stem p^2*in*C0 + C0 + LN 2C0; blocks 8C^2 + 58C; downsampling LN +
+  conv 4*C*C' + C'; head LN 2C + C*K + K."""
+  n = stem_patch_size ** 2 * in_channels * dims[0] + 3 * dims[0]
+  for i, (d, c) in enumerate(zip(depths, dims)):
+    if i:
+      n += 2 * dims[i - 1] + 4 * dims[i - 1] * c + c
+    n += d * (8 * c * c + 58 * c)
+  return n + 2 * dims[-1] + (dims[-1] * num_classes + num_classes if num_classes else 0)
+
+
+def emonext_param_count(depths: Sequence[int], dims: Sequence[int], num_classes: int,
+                        image_size: int = 224, use_stn: bool = True,
+                        se_placement: str = "downsample", se_reduction: int = 16,
+                        sa_mode: Optional[str] = "batch", stem_patch_size: int = 4,
+                        in_channels: int = 3) -> Dict[str, int]:
+  """Closed-form parameter counts {'convnext', 'stn', 'se', 'attention', 'total'} of ``EmoNeXt``."""
+  out = {"convnext": convnext_param_count(depths, dims, num_classes, stem_patch_size, in_channels),
+         "stn": stn_param_count(image_size, in_channels) if use_stn else 0,
+         "se": se_param_count(dims, se_placement, se_reduction),
+         "attention": attention_param_count(dims[-1]) if sa_mode is not None else 0}
+  out["total"] = sum(out.values())
+  return out
+
+
+# Variants: ConvNeXt sizes (dims, depths as in timm / the official repositories).
+SIZES = {
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+}
+TABLE2_SIZES = ("tiny", "small", "base", "large", "xlarge")
+
+
+def param_count_table(num_classes: int = 7, image_size: int = 224,
+                      sizes: Sequence[str] = TABLE2_SIZES) -> List[Dict[str, Any]]:
+  """One row per (size, variant): the Table II ConvNeXt baseline, each addition alone, and the
+  official-code and paper EmoNeXt (SE at downsampling vs after every stage).
+
+  Row keys: size, variant, convnext, stn, se, attention, total, and 'official_value' = the params
+  of the official attention module's unused value projection (C^2 + C, not in our model).
+  """
+  variants = (
+      ("convnext", dict(use_stn=False, se_placement="none", sa_mode=None)),
+      ("+stn", dict(use_stn=True, se_placement="none", sa_mode=None)),
+      ("+se(downsample)", dict(use_stn=False, se_placement="downsample", sa_mode=None)),
+      ("+se(stage)", dict(use_stn=False, se_placement="stage", sa_mode=None)),
+      ("+sa", dict(use_stn=False, se_placement="none", sa_mode="batch")),
+      ("emonext(code)", dict(use_stn=True, se_placement="downsample", sa_mode="batch")),
+      ("emonext(paper)", dict(use_stn=True, se_placement="stage", sa_mode="feature")),
+  )
+  rows = []
+  for size in sizes:
+    if size not in SIZES:
+      raise ValueError(f"unknown EmoNeXt size {size!r}; known: {sorted(SIZES)}")
+    depths, dims = SIZES[size]
+    for name, kw in variants:
+      row = dict(size=size, variant=name,
+                 **emonext_param_count(depths, dims, num_classes, image_size, **kw))
+      row["official_value"] = dims[-1] * dims[-1] + dims[-1] if kw["sa_mode"] else 0
+      rows.append(row)
+  return rows
+
+
+def format_param_count_table(rows: Sequence[Dict[str, Any]]) -> str:
+  head = f"{'size':>7} {'variant':>16} {'convnext':>12} {'stn':>9} {'se':>9} {'attn':>10} {'total':>12}"
+  lines = [head]
+  for r in rows:
+    lines.append(f"{r['size']:>7} {r['variant']:>16} {r['convnext']:>12,} {r['stn']:>9,} "
+                 f"{r['se']:>9,} {r['attention']:>10,} {r['total']:>12,}")
+  return "\n".join(lines)
+
+
+VARIANTS = {f"emonext_{size}": functools.partial(EmoNeXt, depths=d, dims=c)
+            for size, (d, c) in SIZES.items()}
+EmoNeXtAtto = VARIANTS["emonext_atto"]
+EmoNeXtFemto = VARIANTS["emonext_femto"]
+EmoNeXtPico = VARIANTS["emonext_pico"]
+EmoNeXtNano = VARIANTS["emonext_nano"]
+EmoNeXtTiny = VARIANTS["emonext_tiny"]
+EmoNeXtSmall = VARIANTS["emonext_small"]
+EmoNeXtBase = VARIANTS["emonext_base"]
+EmoNeXtLarge = VARIANTS["emonext_large"]
+EmoNeXtXLarge = VARIANTS["emonext_xlarge"]
+
+for _name, _variant in VARIANTS.items():
+  register(_name, _variant)
+register("emonext", EmoNeXt)
