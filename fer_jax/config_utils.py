@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
       std=ml_collections.FieldReference(None, field_type=tuple)))
   c.model_name = "convnext_atto"
   c.model = ml_collections.ConfigDict()
+  # Pretrained ConvNeXt backbone (timm / official .safetensors or torch file), see trainer.load_init_weights.
+  c.init_weights = ml_collections.FieldReference(None, field_type=str)
+  c.init_weights_include_head = False
   c.compute_dtype = "float32"
   c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -101,6 +101,7 @@ class AffectTask:
     self.sequence_model = bool(config.affect.get("sequence_model", False))
     self.train_log_keys = ("loss", "rmse") + tuple(f"ccc_{n}" for n in self.names)
     self.images_per_example = self.clip.window  # frames per training example
+    self.train_apply_kwargs: Dict[str, Any] = {}
     kind = config.loss.get("kind", "l2")
     if kind not in ("l2", "mse", "ccc", "mix"):
       raise ValueError(f"config.loss.kind={kind!r}; expected 'l2', 'ccc' or 'mix'")

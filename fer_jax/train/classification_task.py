@@ -32,12 +32,18 @@ class ClassificationTask:
   """Cross-entropy training and confusion-matrix evaluation of an image classifier."""
 
   name = "classification"
-  train_log_keys = ("loss", "accuracy")
+  train_log_keys: Tuple[str, ...] = ("loss", "accuracy")
   images_per_example = 1
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.num_classes = config.dataset.num_classes
+    # EmoNeXt's self-attention regulariser (L = CE + lambda * L_SA): the model returns (logits, aux)
+    # with aux['sa_loss'] when called with return_features=True.
+    self.sa_weight = float(config.loss.get("sa_weight", 0.0) or 0.0)
+    self.train_apply_kwargs = {"return_features": True} if self.sa_weight else {}
+    if self.sa_weight:
+      self.train_log_keys = ("loss", "accuracy", "sa_loss")
     self.class_names: Sequence[str] = [str(i) for i in range(self.num_classes)]
 
   def set_names_from_builder(self, builder) -> None:
@@ -56,10 +62,19 @@ class ClassificationTask:
   def model_input(self, batch: Dict[str, jax.Array]) -> jax.Array:
     return preprocess_images(batch["image"], self.config)
 
-  def loss(self, logits: jax.Array, batch: Dict[str, jax.Array]) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  def loss(self, outputs: Any, batch: Dict[str, jax.Array]) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Cross-entropy (+ ``loss.sa_weight`` * the model's self-attention term when configured)."""
+    logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
     loss = cross_entropy(logits, batch["label"], self.num_classes,
                          self.config.loss.get("label_smoothing", 0.0))
-    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    metrics = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    if self.sa_weight:
+      if not isinstance(aux, dict) or "sa_loss" not in aux:
+        raise ValueError(f"config.loss.sa_weight={self.sa_weight} but model {self.config.model_name!r} "
+                         "returns no aux['sa_loss'] with return_features=True (EmoNeXt models do)")
+      metrics["sa_loss"] = aux["sa_loss"]
+      loss = loss + self.sa_weight * aux["sa_loss"]
+    return loss, metrics
 
   def eval_step(self, apply_fn: Callable[[jax.Array], jax.Array],
                 batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:

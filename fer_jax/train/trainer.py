@@ -84,11 +84,12 @@ def get_task(config: ml_collections.ConfigDict):
   raise ValueError(f"config.task={name!r}; expected 'classification' or 'affect'")
 
 
-def _apply(model, params, model_state, x, train, rng):
+def _apply(model, params, model_state, x, train, rng, **kwargs):
   variables = {"params": params, **model_state}
   if train and model_state:
-    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state))
-  out = model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None)
+    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state),
+                       **kwargs)
+  out = model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None, **kwargs)
   return out, model_state
 
 
@@ -100,7 +101,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   x = task.model_input(batch)
 
   def loss_fn(params):
-    outputs, new_model_state = _apply(model, params, state.model_state, x, True, step_rng)
+    outputs, new_model_state = _apply(model, params, state.model_state, x, True, step_rng,
+                                      **task.train_apply_kwargs)
     loss, task_metrics = task.loss(outputs, batch)
     return loss, (task_metrics, new_model_state)
 
@@ -144,6 +146,34 @@ def create_train_state(config, model, tx, rng, mesh) -> Tuple[TrainState, Any]:
   shardings = sharding.tree_shardings(abstract, mesh, config.sharding.rules)
   state = jax.jit(init, out_shardings=shardings)(rng)
   return state, shardings
+
+
+def load_init_weights(state: TrainState, config, shardings) -> TrainState:
+  """Replaces the backbone of a fresh state with pretrained ConvNeXt weights (``config.init_weights``).
+
+  timm or official ConvNeXt checkpoints (``.safetensors`` or a torch file read with
+  ``weights_only=True``; nothing is unpickled) go into ConvNeXt / EmoNeXt models; STN, SE, attention
+  and (unless ``init_weights_include_head``) the head keep their fresh initialisation, as EmoNeXt's
+  official code does. The EMA copy starts from the loaded weights.
+  """
+  path = config.get("init_weights")
+  if not path:
+    return state
+  if not config.model_name.startswith(("convnext", "emonext")):
+    raise ValueError(f"config.init_weights is supported for ConvNeXt / EmoNeXt models, not "
+                     f"{config.model_name!r}")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.init_weights={path!r} does not exist")
+  from fer_jax.models import convert, emonext_convert
+  params = jax.device_get(state.params)
+  new = emonext_convert.load_convnext_backbone(
+      params, convert.load_torch_weights(path),
+      include_head=bool(config.get("init_weights_include_head", False)))
+  new = jax.tree.map(lambda old, v: np.asarray(v, dtype=old.dtype), params, new)
+  new = jax.device_put(new, shardings.params)
+  ema = jax.tree.map(jnp.copy, new) if config.ema.get("decay", 0.0) else state.ema_params
+  logging.info("Initialised the %s backbone from %s.", config.model_name, path)
+  return state.replace(params=new, ema_params=ema)
 
 
 def param_count(params: Any) -> int:
@@ -229,7 +259,7 @@ class Experiment:
     self.task = get_task(config)
     self.task.set_names_from_builder(self.builder)
     self.aug = pipeline.aug_from_config(config.input)
-    n_dev, n_proc = jax.device_count(), jax.process_count()
+    n_dev = jax.device_count()
     for name in ("batch_size", "eval_batch_size"):
       bs = config.input[name]
       if bs % n_dev:
@@ -288,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   rng = jax.random.key(c.seed)
   init_rng, dropout_rng = jax.random.split(rng)
   state, state_shardings = create_train_state(c, exp.model, tx, init_rng, exp.mesh)
+  state = load_init_weights(state, c, state_shardings)
   n_params = param_count(state.params)
   logging.info("Model %s: %s parameters; mesh %s; %d train steps of global batch %d.",
                c.model_name, f"{n_params:,}", dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
