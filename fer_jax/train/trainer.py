@@ -376,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       writer.write_scalars(step, scalars)
       loss_log.append((step, scalars["train/loss"]))
       eta = (num_train_steps - step) / max(steps_per_s, 1e-9)
-      shown = " ".join(f"{k} {scalars['train/' + k]:.4f}" for k in exp.task.train_log_keys)
+      shown = " ".join(f"{k} {scalars['train/' + k]:.4g}" for k in exp.task.train_log_keys)
       logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
                    step, num_train_steps, shown, scalars["train/lr"], steps_per_s,
                    scalars["train/images_per_s"], _format_duration(eta))
