@@ -1,5 +1,5 @@
 """PyTorch EmoNeXt reference for parity tests and benchmarks: a timm ConvNeXt plus our own torch
-STN / SE / self-attention, written from /work/shared/PAPERS.md section 1 (not the official code).
+STN / SE / self-attention, written from ../shared/PAPERS.md section 1 (not the official code).
 
 ``TorchEmoNeXt`` adopts the timm model's ``stem``, ``stages``, ``norm_pre`` and ``head`` as its own
 children, so its state dict uses timm's ConvNeXt names plus the official EmoNeXt names of the

@@ -1,7 +1,7 @@
 """affine_grid / grid_sample / affine_warp / SpatialTransformer vs torch.nn.functional and a torch STN.
 
 The torch STN below is our own re-implementation of EmoNeXt's localisation net from its description
-(/work/shared/PAPERS.md section 1), in NCHW with torch's module indices, so that its state dict has
+(../shared/PAPERS.md section 1), in NCHW with torch's module indices, so that its state dict has
 the official key names and exercises ``stn_from_torch_state_dict`` (incl. the flatten order).
 """
 

@@ -13,7 +13,7 @@ and a margin is applied to the target class y only. The combined margin of secti
 which covers ArcFace (m2, eq. 4), CosFace / AM-softmax (m3) and SphereFace-style multiplicative
 margins (m1). Face-recognition defaults (s, m2) = (64, 0.5) are those of the paper and of insightface;
 for expression recognition (few classes) they are a starting point, not a tuned choice: keep them
-in config (see /work/shared/PAPERS.md section 2).
+in config (see ../shared/PAPERS.md section 2).
 
 Design: ``CosineHead`` is a plain Linen layer returning cosines (B, num_classes), so a model built on
 it satisfies the fer_jax model contract (logits without labels; argmax of the cosines is the

@@ -1,7 +1,7 @@
 """EmoNeXt (El Boudouri & Bohi, MMSP 2023, arXiv 2501.08199): STN -> ConvNeXt + SE -> head, with a
 self-attention regulariser on the pooled features. Official PyTorch code: yelboudouri/EmoNeXt.
 
-Pieces and where the paper and the official code differ (see /work/shared/PAPERS.md section 1):
+Pieces and where the paper and the official code differ (see ../shared/PAPERS.md section 1):
 
 * **STN** (``use_stn``; Jaderberg et al. 2015) in front of the backbone:
   ``fer_jax.layers.spatial_transformer.SpatialTransformer`` (localisation net as in the official code,
