@@ -15,7 +15,8 @@ trained with CE + lambda * the self-attention regulariser) and ``baseline`` for 
   =======  ========  =======  ===========================  ============================
 
 (parameter counts at 224 px: STN 868,740, SE and attention per ``fer_jax.models.emonext``; the
-trainer logs the count of the model it builds.)
+trainer logs the count of the model it builds; every variant's breakdown:
+``python -c "from fer_jax.models import emonext as e; print(e.format_param_count_table(e.param_count_table()))"``.)
 
 Paper vs official code (``reading=``, PAPERS.md section 1): ``code`` (default) puts one SE block after
 the stride-2 conv of downsampling layers 1-3 and uses the B x B attention across the batch (scale
