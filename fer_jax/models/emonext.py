@@ -420,4 +420,3 @@ EmoNeXtXLarge = VARIANTS["emonext_xlarge"]
 for _name, _variant in VARIANTS.items():
   register(_name, _variant)
 register("emonext", EmoNeXt)
-
