@@ -125,6 +125,23 @@ def drop_path_schedule(depths: Sequence[int],
   return tuple(out)
 
 
+def check_convnext_fields(m) -> None:
+  """Validates the ConvNeXt fields of ``m`` (a ConvNeXt or a module built on its fields)."""
+  if len(m.depths) != len(m.dims) or not m.depths:
+    raise ValueError(f"depths {tuple(m.depths)} and dims {tuple(m.dims)} must be non-empty "
+                     "and have the same length")
+  if any(int(d) < 1 for d in m.depths) or any(int(c) < 1 for c in m.dims):
+    raise ValueError(f"depths {tuple(m.depths)} and dims {tuple(m.dims)} must be positive")
+  if int(m.stem_patch_size) < 1:
+    raise ValueError(f"stem_patch_size must be >= 1, got {m.stem_patch_size!r}")
+  if not 0.0 <= m.drop_path_rate < 1.0:
+    raise ValueError(f"drop_path_rate must be in [0, 1), got {m.drop_path_rate!r}")
+  if not 0.0 <= m.head_dropout_rate < 1.0:
+    raise ValueError(f"head_dropout_rate must be in [0, 1), got {m.head_dropout_rate!r}")
+  if m.num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0, got {m.num_classes!r}")
+
+
 class ConvNeXt(nn.Module):
   """ConvNeXt classifier.
 
@@ -153,19 +170,7 @@ class ConvNeXt(nn.Module):
   depthwise_impl: str = "auto"
 
   def _check_config(self):
-    if len(self.depths) != len(self.dims) or not self.depths:
-      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
-                       "and have the same length")
-    if any(int(d) < 1 for d in self.depths) or any(int(c) < 1 for c in self.dims):
-      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be positive")
-    if int(self.stem_patch_size) < 1:
-      raise ValueError(f"stem_patch_size must be >= 1, got {self.stem_patch_size!r}")
-    if not 0.0 <= self.drop_path_rate < 1.0:
-      raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
-    if not 0.0 <= self.head_dropout_rate < 1.0:
-      raise ValueError(f"head_dropout_rate must be in [0, 1), got {self.head_dropout_rate!r}")
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes!r}")
+    check_convnext_fields(self)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):

@@ -56,7 +56,8 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax.layers.spatial_transformer import SpatialTransformer
-from fer_jax.models.convnext import LN_EPS, ConvNeXtBlock, drop_path_schedule, trunc_normal_init
+from fer_jax.models.convnext import (LN_EPS, ConvNeXtBlock, check_convnext_fields, drop_path_schedule,
+                                     trunc_normal_init)
 from fer_jax.registry import register
 
 SE_PLACEMENTS = ("downsample", "stage", "none")
@@ -217,19 +218,7 @@ class EmoNeXt(nn.Module):
   sa_norm_epsilon: float = SA_NORM_EPS
 
   def _check_config(self):
-    if len(self.depths) != len(self.dims) or not self.depths:
-      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
-                       "and have the same length")
-    if any(int(d) < 1 for d in self.depths) or any(int(c) < 1 for c in self.dims):
-      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be positive")
-    if int(self.stem_patch_size) < 1:
-      raise ValueError(f"stem_patch_size must be >= 1, got {self.stem_patch_size!r}")
-    if not 0.0 <= self.drop_path_rate < 1.0:
-      raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
-    if not 0.0 <= self.head_dropout_rate < 1.0:
-      raise ValueError(f"head_dropout_rate must be in [0, 1), got {self.head_dropout_rate!r}")
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes!r}")
+    check_convnext_fields(self)
     if self.se_placement not in SE_PLACEMENTS:
       raise ValueError(f"se_placement must be one of {SE_PLACEMENTS}, got {self.se_placement!r}")
     if self.sa_mode is not None and self.sa_mode not in SA_MODES:
