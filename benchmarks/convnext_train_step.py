@@ -54,6 +54,8 @@ import optax  # noqa: E402
 from fer_jax.layers.depthwise import IMPLEMENTATIONS, resolve_impl  # noqa: E402
 from fer_jax.registry import get_model  # noqa: E402
 
+import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
+
 # (depths, dims, conv_mlp) of timm's ConvNeXt variants, for the plain-PyTorch fallback.
 _VARIANTS = {
     "convnext_atto": ((2, 2, 6, 2), (40, 80, 160, 320), True),
@@ -259,29 +261,9 @@ def main():
     info[name] = {"first_loss": loss0, "source": torch_source, "threads": threads}
     print(f"{name}: {torch_source}; first loss {loss0:.4f}", flush=True)
 
-  for step in contenders.values():
-    for _ in range(args.warmup):
-      step()
-  times = {k: [] for k in contenders}
-  for _ in range(args.rounds):
-    for k, step in contenders.items():
-      for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        times[k].append(time.perf_counter() - t0)
+  times = _interleaved.time_interleaved(contenders, args.warmup, args.rounds, args.steps)
   load_end = os.getloadavg()
-
-  rows = {}
-  for k, ts in times.items():
-    t = np.asarray(ts)
-    rows[k] = {**info[k], "median_ms": float(np.median(t) * 1e3), "min_ms": float(t.min() * 1e3),
-               "n_steps": int(t.size), "images_per_s": float(args.batch / np.median(t))}
-  if torch_names:
-    ref = rows[torch_names[0]]["median_ms"]
-    best = min(rows[n]["median_ms"] for n in torch_names)
-    for k in rows:
-      rows[k]["time_vs_torch"] = rows[k]["median_ms"] / ref
-      rows[k]["time_vs_best_torch"] = rows[k]["median_ms"] / best
+  rows = _interleaved.summarize(times, info, args.batch, torch_names)
 
   print(f"\n{args.model}, batch {args.batch}, {args.size} px, stem patch {args.stem_patch}, "
         f"{args.num_classes} classes, AdamW; {args.rounds} rounds x {args.steps} timed steps each "
