@@ -43,17 +43,13 @@ from jax import lax  # noqa: E402
 from fer_jax.layers import binary_inference as bi  # noqa: E402
 from fer_jax.layers.quant import QuantConv, QuantDense  # noqa: E402
 
+import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
+
 
 def _time_interleaved(fns, rounds: int, inner: int):
-  """{name: list of seconds}; every fn was already run once (compiled and checked)."""
-  times = {k: [] for k in fns}
-  for _ in range(rounds):
-    for k, f in fns.items():
-      for _ in range(inner):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f())
-        times[k].append(time.perf_counter() - t0)
-  return times
+  """{name: list of seconds}; every fn is already run once (compiled and checked)."""
+  blocking = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in fns.items()}
+  return _interleaved.time_interleaved(blocking, 0, rounds, inner)
 
 
 def _nbytes(a) -> int:

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
@@ -30,6 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_jax.layers.depthwise import IMPLEMENTATIONS, resolve_impl  # noqa: E402
+
+import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
 
 DEFAULT_SHAPES = (
     # ConvNeXt-T, 64 px, batch 32
@@ -51,16 +52,8 @@ def _parse_shapes(text: str):
 
 def _time_interleaved(fns, rounds: int, inner: int):
   """{name: list of seconds}; every fn is compiled and run once before timing."""
-  for f in fns.values():
-    jax.block_until_ready(f())
-  times = {k: [] for k in fns}
-  for _ in range(rounds):
-    for k, f in fns.items():
-      for _ in range(inner):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f())
-        times[k].append(time.perf_counter() - t0)
-  return times
+  blocking = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in fns.items()}
+  return _interleaved.time_interleaved(blocking, 1, rounds, inner)
 
 
 def main():
