@@ -1,13 +1,13 @@
 # Two commands on a fresh clone (each sets up .venv with the pinned dependencies first):
 #   make demo   - the main job: train + evaluate a ConvNeXt on the built-in synthetic dataset
-#   make test   - the default test suite (slow tests: make test-slow)
+#   make test   - ruff, then the default test suite (slow tests: make test-slow)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/synthetic_demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-reference demo test test-slow benchmark clean
+.PHONY: install install-reference demo lint test test-slow benchmark clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ install-reference: $(VENV)/.installed-reference
 demo: $(VENV)/.installed
 	$(PY) -m fer_jax.main --config=experiments/convnext_synthetic.py --workdir=$(WORKDIR)
 
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
 test: $(VENV)/.installed-reference
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-reference

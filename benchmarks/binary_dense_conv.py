@@ -26,7 +26,6 @@ only). Memory: weight bytes (float32 latent kernel vs packed words) and input-ac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -44,12 +43,6 @@ from fer_jax.layers import binary_inference as bi  # noqa: E402
 from fer_jax.layers.quant import QuantConv, QuantDense  # noqa: E402
 
 import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
-
-
-def _time_interleaved(fns, rounds: int, inner: int):
-  """{name: list of seconds}; every fn is already run once (compiled and checked)."""
-  blocking = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in fns.items()}
-  return _interleaved.time_interleaved(blocking, 0, rounds, inner)
 
 
 def _nbytes(a) -> int:
@@ -183,7 +176,8 @@ def main():
       ref = "float32 product (lax.conv)"
     else:
       raise ValueError(f"unknown shape set {case!r}; expected 'dense' or 'conv'")
-    times = _time_interleaved(fns, args.rounds, args.inner)
+    # No warm-up: every fn already ran once (compiled and checked).
+    times = _interleaved.time_jax_interleaved(fns, 0, args.rounds, args.inner)
     rows = {}
     for name, t in times.items():
       t = np.asarray(t) * 1e3
@@ -210,10 +204,7 @@ def main():
             "rounds": args.rounds, "inner": args.inner, "load_avg_start": load_start,
             "load_avg_end": os.getloadavg(),
             "command": "python benchmarks/binary_dense_conv.py " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
-      json.dump({"meta": meta, "results": results}, fh, indent=1)
-    print(f"wrote {args.json}")
+    _interleaved.write_json(args.json, meta, results)
 
 
 if __name__ == "__main__":

@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from fer_jax.layers.depthwise import IMPLEMENTATIONS, resolve_impl  # noqa: E402
@@ -90,18 +87,7 @@ def make_jax_step(name, impl, args, images, labels):
     updates, opt = tx.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
 
-  rng = jax.random.key(1)
-  t0 = time.perf_counter()
-  compiled = train_step.lower(state, images, labels, rng).compile()
-  compile_s = time.perf_counter() - t0
-  box = {"state": state}
-
-  def step():
-    box["state"], loss = compiled(box["state"], images, labels, rng)
-    return float(jax.block_until_ready(loss))
-
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  return step, step(), compile_s, n_params
+  return _interleaved.compile_jax_step(train_step, state, images, labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,12 +175,8 @@ def make_torch_step(name, args, images_nhwc, labels, threads):
     model = _plain_torch_convnext(torch, *_VARIANTS[name], args.num_classes, args.stem_patch)
     source = (f"plain-PyTorch ConvNeXt fallback ({name} depths/dims) -- timm import failed: "
               f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-  model = model.to(memory_format=torch.channels_last).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
-                          weight_decay=args.weight_decay)
-  x = torch.from_numpy(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous(
-      memory_format=torch.channels_last)
-  y = torch.from_numpy(np.asarray(labels)).long()
+  model, opt, x, y = _interleaved.torch_train_setup(torch, model, args.lr, args.weight_decay,
+                                                   images_nhwc, labels)
   loss_fn = torch.nn.CrossEntropyLoss()
 
   def step():
@@ -236,30 +218,15 @@ def main():
 
   impls = [resolve_impl(name) for name in args.impls.split(",")]  # clear error on a typo
 
-  rng = np.random.default_rng(0)
-  images = rng.uniform(0.0, 1.0, (args.batch, args.size, args.size, 3)).astype(np.float32)
-  labels = rng.integers(0, args.num_classes, (args.batch,)).astype(np.int32)
+  images, labels = _interleaved.random_batch(args.batch, args.size, args.num_classes)
   images_j, labels_j = jnp.asarray(images), jnp.asarray(labels)
   load_start = os.getloadavg()
 
-  contenders, info = {}, {}
-  for impl in impls:
-    step, loss0, compile_s, n_params = make_jax_step(args.model, impl, args, images_j, labels_j)
-    contenders[f"jax/{impl}"] = step
-    info[f"jax/{impl}"] = {"first_loss": loss0, "compile_s": compile_s, "params": n_params,
-                           "source": f"fer_jax {args.model}, depthwise_impl={impl!r}"}
-    print(f"jax/{impl}: {n_params / 1e6:.2f}M params, compiled in {compile_s:.1f}s, "
-          f"first loss {loss0:.4f}", flush=True)
-  torch_source = None
-  torch_threads = [int(t) for t in args.torch_threads.split(",") if t.strip()]
-  torch_names = []
-  for threads in dict.fromkeys(torch_threads):
-    step, loss0, torch_source = make_torch_step(args.model, args, images, labels, threads)
-    name = f"torch/{threads}thr"
-    torch_names.append(name)
-    contenders[name] = step
-    info[name] = {"first_loss": loss0, "source": torch_source, "threads": threads}
-    print(f"{name}: {torch_source}; first loss {loss0:.4f}", flush=True)
+  contenders, info, torch_names = _interleaved.train_step_contenders(
+      impls, lambda impl: make_jax_step(args.model, impl, args, images_j, labels_j),
+      lambda impl: f"fer_jax {args.model}, depthwise_impl={impl!r}",
+      [int(t) for t in args.torch_threads.split(",") if t.strip()],
+      lambda threads: make_torch_step(args.model, args, images, labels, threads))
 
   times = _interleaved.time_interleaved(contenders, args.warmup, args.rounds, args.steps)
   load_end = os.getloadavg()
@@ -269,16 +236,9 @@ def main():
         f"{args.num_classes} classes, AdamW; {args.rounds} rounds x {args.steps} timed steps each "
         f"(after {args.warmup} warm-up), interleaved; {os.cpu_count()} cpus, "
         f"load avg {load_start[0]:.1f} -> {load_end[0]:.1f}")
-  if torch_source:
-    print(f"torch side: {torch_source.split('; torch ')[0]}")
-  ref_name = torch_names[0] if torch_names else "-"
-  print(f"{'contender':>16} {'median ms':>10} {'min ms':>8} {'img/s':>8} "
-        f"{'time/' + ref_name:>20} {'time/best torch':>16}")
-  for k, r in rows.items():
-    ratio = f"{r['time_vs_torch']:.2f}x" if "time_vs_torch" in r else "-"
-    best = f"{r['time_vs_best_torch']:.2f}x" if "time_vs_best_torch" in r else "-"
-    print(f"{k:>16} {r['median_ms']:10.1f} {r['min_ms']:8.1f} {r['images_per_s']:8.1f} "
-          f"{ratio:>20} {best:>16}")
+  if torch_names:
+    print(f"torch side: {info[torch_names[-1]]['source'].split('; torch ')[0]}")
+  _interleaved.print_train_step_table(rows, torch_names)
 
   if args.json:
     meta = {"model": args.model, "batch": args.batch, "size": args.size,
@@ -287,9 +247,7 @@ def main():
             "steps_per_round": args.steps, "cpus": os.cpu_count(), "jax": jax.__version__,
             "machine": platform.processor() or platform.machine(),
             "load_avg_start": load_start, "load_avg_end": load_end}
-    with open(args.json, "w") as fh:
-      json.dump({"meta": meta, "results": rows}, fh, indent=1)
-    print(f"wrote {args.json}")
+    _interleaved.write_json(args.json, meta, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Default shapes: ConvNeXt-T at 64 px, batch 32 (stem 4 -> 16, 8, 4, 2 px) and Con
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -50,12 +49,6 @@ def _parse_shapes(text: str):
   return shapes
 
 
-def _time_interleaved(fns, rounds: int, inner: int):
-  """{name: list of seconds}; every fn is compiled and run once before timing."""
-  blocking = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in fns.items()}
-  return _interleaved.time_interleaved(blocking, 1, rounds, inner)
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--impls", default=",".join(IMPLEMENTATIONS), help="comma-separated impl names")
@@ -87,7 +80,8 @@ def main():
       fb = jax.jit(lambda x, kern, g, f=f: jax.vjp(f, x, kern)[1](g))
       fns[(name, "fwd")] = lambda fwd=fwd: fwd(x, kern)
       fns[(name, "fwd+bwd")] = lambda fb=fb: fb(x, kern, g)
-    times = _time_interleaved(fns, args.rounds, args.inner)
+    # One untimed call each compiles and warms up.
+    times = _interleaved.time_jax_interleaved(fns, 1, args.rounds, args.inner)
     row = {"shape": list(shape)}
     cells = []
     for name in impls:
@@ -114,9 +108,7 @@ def main():
             "machine": platform.processor() or platform.machine(), "kernel": k,
             "rounds": args.rounds, "inner": args.inner,
             "load_avg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    with open(args.json, "w") as fh:
-      json.dump({"meta": meta, "results": results}, fh, indent=1)
-    print(f"wrote {args.json}")
+    _interleaved.write_json(args.json, meta, results)
 
 
 if __name__ == "__main__":

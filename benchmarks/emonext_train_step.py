@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,7 +40,6 @@ sys.path.insert(0, _HERE)  # emonext_torch_reference
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from fer_jax.layers.depthwise import resolve_impl  # noqa: E402
@@ -84,18 +81,7 @@ def make_jax_step(args, impl, images, labels):
     return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats,
             "opt": opt}, loss
 
-  rng = jax.random.key(1)
-  t0 = time.perf_counter()
-  compiled = train_step.lower(state, images, labels, rng).compile()
-  compile_s = time.perf_counter() - t0
-  box = {"state": state}
-
-  def step():
-    box["state"], loss = compiled(box["state"], images, labels, rng)
-    return float(jax.block_until_ready(loss))
-
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  return step, step(), compile_s, n_params
+  return _interleaved.compile_jax_step(train_step, state, images, labels)
 
 
 def make_torch_step(args, images_nhwc, labels, threads):
@@ -110,12 +96,8 @@ def make_torch_step(args, images_nhwc, labels, threads):
   variant = args.model.replace("emonext", "convnext")
   model = reference.build_torch_emonext(timm, variant, num_classes=args.num_classes,
                                         image_size=args.size, **_model_kwargs(args))
-  model = model.to(memory_format=torch.channels_last).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
-                          weight_decay=args.weight_decay)
-  x = torch.from_numpy(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous(
-      memory_format=torch.channels_last)
-  y = torch.from_numpy(np.asarray(labels)).long()
+  model, opt, x, y = _interleaved.torch_train_setup(torch, model, args.lr, args.weight_decay,
+                                                   images_nhwc, labels)
   ce = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
   def step():
@@ -159,29 +141,15 @@ def main():
   args = ap.parse_args()
 
   impls = [resolve_impl(name) for name in args.impls.split(",")]
-  rng = np.random.default_rng(0)
-  images = rng.uniform(0.0, 1.0, (args.batch, args.size, args.size, 3)).astype(np.float32)
-  labels = rng.integers(0, args.num_classes, (args.batch,)).astype(np.int32)
+  images, labels = _interleaved.random_batch(args.batch, args.size, args.num_classes)
   images_j, labels_j = jnp.asarray(images), jnp.asarray(labels)
   load_start = os.getloadavg()
 
-  contenders, info = {}, {}
-  for impl in dict.fromkeys(impls):
-    step, loss0, compile_s, n_params = make_jax_step(args, impl, images_j, labels_j)
-    name = f"jax/{impl}"
-    contenders[name] = step
-    info[name] = {"first_loss": loss0, "compile_s": compile_s, "params": n_params,
-                  "source": f"fer_jax {args.model}, depthwise_impl={impl!r}"}
-    print(f"{name}: {n_params / 1e6:.2f}M params, compiled in {compile_s:.1f}s, "
-          f"first loss {loss0:.4f}", flush=True)
-  torch_names = []
-  for threads in dict.fromkeys(int(t) for t in args.torch_threads.split(",") if t.strip()):
-    step, loss0, desc = make_torch_step(args, images, labels, threads)
-    name = f"torch/{threads}thr"
-    torch_names.append(name)
-    contenders[name] = step
-    info[name] = {"first_loss": loss0, "source": desc, "threads": threads}
-    print(f"{name}: {desc}; first loss {loss0:.4f}", flush=True)
+  contenders, info, torch_names = _interleaved.train_step_contenders(
+      impls, lambda impl: make_jax_step(args, impl, images_j, labels_j),
+      lambda impl: f"fer_jax {args.model}, depthwise_impl={impl!r}",
+      [int(t) for t in args.torch_threads.split(",") if t.strip()],
+      lambda threads: make_torch_step(args, images, labels, threads))
 
   times = _interleaved.time_interleaved(contenders, args.warmup, args.rounds, args.steps)
   load_end = os.getloadavg()
@@ -191,14 +159,7 @@ def main():
         f"{args.num_classes} classes, CE(ls {args.label_smoothing}) + {args.sa_weight} L_SA, AdamW; "
         f"{args.rounds} rounds x {args.steps} timed steps (after {args.warmup} warm-up), "
         f"interleaved; {os.cpu_count()} cpus, load avg {load_start[0]:.1f} -> {load_end[0]:.1f}")
-  ref_name = torch_names[0] if torch_names else "-"
-  print(f"{'contender':>14} {'median ms':>10} {'min ms':>9} {'img/s':>7} {'time/' + ref_name:>18} "
-        f"{'time/best torch':>16}")
-  for k, r in rows.items():
-    ratio = f"{r['time_vs_torch']:.2f}x" if "time_vs_torch" in r else "-"
-    best = f"{r['time_vs_best_torch']:.2f}x" if "time_vs_best_torch" in r else "-"
-    print(f"{k:>14} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {r['images_per_s']:7.2f} {ratio:>18} "
-          f"{best:>16}")
+  _interleaved.print_train_step_table(rows, torch_names)
 
   if args.json:
     meta = {"argv": sys.argv[1:], "model": args.model, **_model_kwargs(args), "batch": args.batch,
@@ -209,10 +170,7 @@ def main():
             "backend": jax.default_backend(),
             "machine": platform.processor() or platform.machine(),
             "load_avg_start": load_start, "load_avg_end": load_end}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
-      json.dump({"meta": meta, "results": rows}, fh, indent=1)
-    print(f"wrote {args.json}")
+    _interleaved.write_json(args.json, meta, rows)
 
 
 if __name__ == "__main__":

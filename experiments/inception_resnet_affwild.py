@@ -1,6 +1,6 @@
 r"""Hasani & Mahoor (CVPRW 2017, arXiv 1705.07884): Inception-ResNet valence / arousal on Aff-Wild.
 
-Variants (``variant=``): ``shallow`` (one A, B and C block), ``deep`` (Inception-ResNet-v1 depth: 5 A,
+Architectures (``arch=``): ``shallow`` (one A, B and C block), ``deep`` (Inception-ResNet-v1 depth: 5 A,
 10 B, 5 C) and ``lstm`` (shallow per-frame features -> LSTM -> per-frame outputs); see
 ``fer_jax.models.inception_resnet`` for what the paper fixes and what we chose.
 
@@ -16,7 +16,7 @@ Reproduce on real data (Aff-Wild obtained from its organisers and laid out as in
 ``tfds_builders/aff_wild/README.md``), on a TPU pod (one process per host)::
 
     python -m fer_jax.main --jax_distributed \
-      --config=experiments/inception_resnet_affwild.py:variant=deep \
+      --config=experiments/inception_resnet_affwild.py:arch=deep \
       --config.dataset.manual_dir=/path/to/aff_wild --config.dataset.data_dir=gs://BUCKET/tfds \
       --workdir=gs://BUCKET/runs/affwild_deep
 
@@ -31,69 +31,69 @@ clips (16 frames of 48 px grey faces going from neutral to an expression's apex;
 arousal are a function of the rendered expression), narrow networks (``width=0.25``) with 'SAME'
 padding so 48 px inputs work; every variant trains on 2 CPU cores in minutes (README results).
 
-Options (after ``:``): ``variant``, ``data`` (affwild | synthetic), ``res``, ``width``, ``loss``
-(l2 | ccc | mix; default l2, mix on synthetic), ``steps``, ``batch`` (frames per step), ``runlocal`` (a
-10-step smoke test).
+Options (after ``:``): ``arch`` (shallow | deep | lstm), ``data`` (affwild | synthetic), ``res``,
+``width``, ``loss`` (l2 | ccc | mix; default l2, mix on synthetic), ``steps``, ``clip_batch`` (windows
+per global batch; default 64 frames' worth), ``window`` (frames per window), ``runlocal``.
 """
 
 from fer_jax import config_utils
 
-VARIANTS = {
-    "shallow": ("inception_resnet_shallow", False),
-    "deep": ("inception_resnet_deep", False),
-    "lstm": ("inception_resnet_lstm", True),
+ARCHS = {
+    "shallow": dict(name="inception_resnet", depth="shallow"),
+    "deep": dict(name="inception_resnet", depth="deep"),
+    "lstm": dict(name="inception_resnet_lstm", depth="shallow"),
 }
 AFF_WILD = "aff_wild/crop_299"
+LOSSES = {"l2": dict(mse=dict(weight=1.0)), "ccc": dict(ccc=dict(weight=1.0)),
+          "mix": dict(mse=dict(weight=0.5), ccc=dict(weight=0.5))}
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, variant="deep", data="affwild", res=0, width=0.0, loss="",
-                               steps=0, batch=64, window=0, runlocal=False)
-  if arg.variant not in VARIANTS:
-    raise ValueError(f"variant={arg.variant!r}; expected one of {sorted(VARIANTS)}")
-  if arg.data not in ("affwild", "synthetic"):
-    raise ValueError(f"data={arg.data!r}; expected 'affwild' or 'synthetic'")
-  model_name, sequence = VARIANTS[arg.variant]
+  arg = config_utils.parse_arg(arg, arch="deep", data="affwild", res=0, width=0.0, loss="", steps=0,
+                               clip_batch=0, window=0, runlocal=False)
+  config_utils.check_choice(arg, "arch", sorted(ARCHS))
+  config_utils.check_choice(arg, "data", ("affwild", "synthetic"))
   synthetic = arg.data == "synthetic"
+  loss = arg.loss or ("mix" if synthetic else "l2")
+  if loss not in LOSSES:
+    raise ValueError(f"Config option loss={loss!r}; expected one of {sorted(LOSSES)}")
+  sequence = arg.arch == "lstm"
 
   c = config_utils.base_config()
   c.task = "affect"
-  c.model_name = model_name
-  c.model = dict(num_outputs=2, dropout_rate=0.2, width_multiplier=arg.width or (0.25 if synthetic else 1.0),
-                 padding="SAME" if synthetic else "VALID")
+  backbone = dict(ARCHS[arg.arch], width_multiplier=arg.width or (0.25 if synthetic else 1.0),
+                  padding="SAME" if synthetic else "VALID")
   if sequence:
-    c.model.update(lstm_hidden=64 if synthetic else 512, lstm_layers=1)
-  window = arg.window or (8 if sequence else 4)
+    backbone.update(lstm_hidden=64 if synthetic else 512, lstm_layers=1)
+  c.model.backbone = backbone
+  c.model.head = dict(name="tanh", num_outputs=2, dropout_rate=0.2)
+  window = arg.window or (16 if sequence and not synthetic else 8 if sequence else 4)
   if synthetic:
-    c.dataset.update(name="synthetic_expressions/sequences", image_size=48, test_split="test")
-    c.affect = config_utils.affect_config(video_key="id", window=window, stride=1,
-                                          eval_hop=4, sequence_model=sequence)
+    c.dataset.update(name="synthetic_expressions/sequences", image_size=48)
+    c.affect = config_utils.affect_config(video_key="id", window=window, stride=1, eval_hop=4)
     res = arg.res or 48
     c.input.update(resize=res, crop=res - 4 if res > 36 else res, channels=1, rotation=5.0, hflip=True)
+    c.evals = config_utils.evals("affect")
   else:
-    c.dataset.update(name=AFF_WILD, image_size=299, test_split=None)
+    c.dataset.update(name=AFF_WILD, image_size=299)
     c.affect = config_utils.affect_config(video_key="video_id", mask_key="frame_mask",
-                                          frame_index_key="frame_index", window=arg.window or (16 if sequence else 4),
-                                          stride=1, eval_hop=8, sequence_model=sequence)
+                                          frame_index_key="frame_index", window=window, stride=1, eval_hop=8)
     res = arg.res or 299
     c.input.update(resize=res, crop=res, channels=3, rotation=5.0, hflip=True)
+    # Aff-Wild's labelled test set came after the challenge: evaluate it with --mode=evaluate --split=test.
+    c.evals = config_utils.evals("affect", test=None)
   c.input.update(per_image_standardization=True, eval_batch_size=8 if not synthetic else 32,
-                 batch_size=max(1, arg.batch // c.affect.window))
+                 batch_size=arg.clip_batch or max(1, 64 // window))
   # L2 is the paper's likely loss; on the synthetic clips 0.5 * MSE + 0.5 * (1 - CCC) counters the
   # regression to the mean of a briefly trained L2 model (valence CCC 0.67 vs 0.55 at 1500 steps).
-  c.loss.update(kind=arg.loss or ("mix" if synthetic else "l2"), dim_weights=(1.0, 1.0), mix_alpha=0.5)
+  c.loss = LOSSES[loss]
   c.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, grad_clip_norm=1.0)
   c.schedule.update(name="warmup_cosine", warmup_steps=200)
   # Synthetic: 2500 steps of 64 frames. Aff-Wild: 50k steps of 64 frames = 3.2M frames, about three
   # passes over the ~1M training frames (our choice; the paper gives no schedule).
   c.num_train_steps = arg.steps or (2500 if synthetic else 50_000)
   c.log_every_steps = 50
-  c.eval_every_steps = 0
   c.checkpoint.every_steps = 500
   if arg.runlocal:
-    c.num_train_steps = 10
-    c.num_epochs = 0.0
-    c.log_every_steps = 5
-    c.checkpoint.every_steps = 10
-    c.input.eval_batch_size = 8
+    config_utils.apply_runlocal(c, batch=2)
   return c

@@ -355,6 +355,60 @@ def test_crop_face_square_box():
       np.asarray(align.warp_affine(image, want, 30, supersample=2)), atol=1e-3)
 
 
+# --------------------------------------------------- whole-pixel box crops (NumPy + PIL) ----
+
+
+def _loop_square(frame, left, top, side):
+  """The side x side pixels from (top, left), pixel by pixel; zeros outside the frame."""
+  h, w = frame.shape[:2]
+  out = np.zeros((side, side, 3), np.uint8)
+  for r in range(side):
+    for c in range(side):
+      if 0 <= top + r < h and 0 <= left + c < w:
+        out[r, c] = frame[top + r, left + c]
+  return out
+
+
+def test_square_crop_box_hand_cases():
+  # 3x3 box centred at (3.5, 3.5): the pixels 2..4.
+  assert align.square_crop_box((2, 2, 5, 5), 0.0) == (2, 2, 3)
+  # w=10, h=4, margin 0.5 -> side 15, centre (5, 2): left = round(-2.5) = -2,
+  # top = round(-5.5) = -5 (halves round up).
+  assert align.square_crop_box((0, 0, 10, 4), 0.5) == (-2, -5, 15)
+  # Rounding halves up: side 2.5 -> 3.
+  assert align.square_crop_box((0, 0, 2.5, 1), 0.0) == (0, -1, 3)
+  assert align.square_crop_box((1, 1, 1.2, 1.2), 0.0)[2] == 1  # At least 1.
+
+
+def test_crop_face_box_matches_a_pixel_loop():
+  rng = np.random.default_rng(11)
+  frame = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  for _ in range(25):
+    x0, y0 = rng.uniform(-8, 28), rng.uniform(-8, 18)
+    box = (x0, y0, x0 + rng.uniform(0.5, 12), y0 + rng.uniform(0.5, 12))
+    margin = float(rng.choice([0.0, 0.2, 0.5]))
+    left, top, side = align.square_crop_box(box, margin)
+    want = _loop_square(frame, left, top, side)
+    if not (-side < left < 30 and -side < top < 20):  # no overlap with the frame
+      with pytest.raises(align.FaceOutsideFrameError, match="lies outside the 30x20 frame"):
+        align.crop_face_box(frame, box, side, margin)
+      continue
+    # At the square's own size the crop is exact; otherwise it is PIL's bilinear resize of it.
+    got = align.crop_face_box(frame, box, side, margin)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    np.testing.assert_array_equal(
+        align.crop_face_box(frame, box, 7, margin),
+        np.asarray(Image.fromarray(want).resize((7, 7), Image.Resampling.BILINEAR)))
+  # A constant frame gives a constant crop at any size (inside the frame).
+  grey = np.full((40, 40, 3), 77, np.uint8)
+  assert (align.crop_face_box(grey, (10, 10, 30, 30), 9) == 77).all()
+  assert (align.crop_face_box(grey, (10, 10, 14, 14), 13) == 77).all()
+  with pytest.raises(ValueError, match=r"face box \(50.0, 50.0, 60.0, 60.0\) lies outside"):
+    align.crop_face_box(grey, (50, 50, 60, 60), 8)
+
+
 # --------------------------------------------------- end to end on synthetic faces ----
 
 

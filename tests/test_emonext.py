@@ -5,6 +5,7 @@ benchmarks/emonext_torch_reference.py) through the state-dict converters.
 The torch tests need torch + timm (``fer_jax.testing.import_timm``) and skip without them.
 """
 
+import copy
 import functools
 import math
 import os
@@ -23,7 +24,16 @@ from fer_jax.models.emonext_convert import (backbone_of, emonext_from_torch_stat
                                             infer_emonext_config, load_convnext_backbone,
                                             load_emonext_variables)
 
-ATOL = 1e-4
+# Torch parity runs both sides in float64 (x64 on, float64 variables and images; torch .double()).
+# Float32 parity differs by up to ~2e-4 (train mode: the STN's batch-statistics BatchNorm, then the
+# (B, B) softmax), machine-dependent. Float64's unit roundoff is 2^29 ~ 5e8 times smaller, so the
+# same paths differ by ~1e-12 at most (measured ~1e-14); RTOL64 (relative to the largest reference
+# magnitude) leaves a wide margin on any machine, while a parameter off by 1e-3 moves outputs by
+# >~1e-5 of their size. Pieces the model computes in float32 whatever the input dtype (the STN's
+# theta head, the attention softmax, L_SA; logits / features are returned rounded to float32) get
+# tolerances derived from the float32 computation, in units of U32 (see _softmax_f32_tol etc.).
+RTOL64 = 1e-9
+U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 # A small custom size (timm accepts depths / dims overrides) for the cheaper checks.
 SMALL = dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 48))
 
@@ -315,11 +325,149 @@ def _images(seed, n, size):
   return np.clip(x, 0, 1).astype(np.float32)
 
 
-def _torch_run(torch, m, x, train):
-  m.train(train)
-  with torch.no_grad():
-    out = m(_nchw(torch, x))
-  return [None if o is None else o.numpy() for o in out]
+def _f64(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _assert_within(got, want, tol, what):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, (what, got.shape, want.shape)
+  err = np.abs(got - want)
+  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
+                              f"{(err - tol).max():.3g} (reference magnitude {np.abs(want).max():.3g})")
+  return err.max()
+
+
+def _assert_parity64(got, want, what):
+  """JAX value computed in float64 vs the float64 torch value: RTOL64 of the largest magnitude, plus
+  U32 |want| when the model hands it back rounded to float32 (logits, features)."""
+  rounded = np.asarray(got).dtype == np.float32
+  want = np.asarray(want, np.float64)
+  tol = RTOL64 * np.abs(want).max() + (U32 * np.abs(want) if rounded else 0.0)
+  return _assert_within(got, want, tol, what)
+
+
+def _softmax_f32_tol(w, ds, scores):
+  """Bound on |W32 - W| for W = softmax(S) over the last axis (float64) and W32 the float32 softmax
+  (jax.nn.softmax: exp(S - max) / sum) of float32 scores S32 with |S32 - S| <= ds elementwise.
+
+  * Score errors: W_j = e^S_j / sum_l e^S_l moves by a factor within [e^-2D, e^2D], D = the row's
+    max ds, and so does 1 - W_j = sum_{l != j} W_l: |dW_j| <= min(W_j, 1 - W_j) expm1(2 D).
+  * Evaluation in float32, relative to W_j: S - max rounded (U32 (max S - min S)), exp's own error
+    (XLA's float32 exp is a polynomial approximation, <= 1.4 U32 measured over [-30, 30]; we allow
+    8 U32), the sum of n such terms ((n - 1) U32 plus their errors) and the division (U32):
+    <= U32 (2 (max S - min S + 2 D) + n + 16).
+  """
+  d = ds.max(-1, keepdims=True)
+  spread = scores.max(-1, keepdims=True) - scores.min(-1, keepdims=True) + 2 * d
+  return (np.minimum(w, 1 - w) * np.expm1(2 * d)
+          + w * np.exp(2 * d) * U32 * (2 * spread + w.shape[-1] + 16))
+
+
+def _score_f32_err(q, k, mode):
+  """|S32 - S| for the attention scores S computed by emonext's batch / feature attention weights in
+  float32 from the float64 projections q, k (B, C) (the inputs rounded to float32: U32 each).
+
+  batch: S = (q k^T) C^-1/4; a float32 dot product of length C has error <= gamma_C sum |q| |k| in
+    any summation order (gamma_C = C U32 / (1 - C U32)); with the input roundings and the scaling
+    (C^-1/4 rounded, product rounded): <= (C + 6) U32 C^-1/4 (|q| |k|^T).
+  feature: S[b, i, j] = q_bi k_bj / sqrt(C), one product: q, k, the product, sqrt(C) and the
+    division each rounded once: <= 6 U32 |S|.
+  """
+  c = q.shape[-1]
+  if mode == "batch":
+    return (c + 6) * U32 * c ** -0.25 * (np.abs(q) @ np.abs(k).T)
+  return 6 * U32 * np.abs(q[:, :, None] * k[:, None, :]) / math.sqrt(c)
+
+
+def _sa_loss_tol(w, tw):
+  """Bound on |L32 - L|, L = mean((W - mean W)^2) over the N entries of the float64 W, L32 the float32
+  L_SA of W32 with |W32 - W| <= tw (emonext.attention_variance):
+  * from W32 - W (T = max tw, so |d(W - mean W)| <= 2 T): <= 4 T mean|W - m| + 4 T^2;
+  * float32 evaluation: mean W rounded ((N + 1) U32 m, all W >= 0) shifts every deviation, the
+    deviations and squares are rounded (3 U32 relative), the final mean ((N + 1) U32 relative):
+    <= 2 (N + 1) U32 m mean|W - m| + (N + 5) U32 L, plus second-order terms covered by doubling.
+  """
+  n, t = w.size, tw.max()
+  m = w.mean()
+  dev = np.abs(w - m).mean()
+  loss = np.mean((w - m) ** 2)
+  return 2 * (4 * t * dev + 4 * t * t + 2 * (n + 1) * U32 * m * dev + (n + 5) * U32 * loss)
+
+
+def _parity_runs(torch, ref, model, variables, x, modes):
+  """Runs the JAX EmoNeXt in float64 (x64 on, float64 variables and images) in each train mode of
+  ``modes`` (one compile), capturing intermediates, and a float64 copy of the torch reference
+  (``ref`` itself is left untouched) on the same images in the same modes, in that order.
+
+  The STN's theta head runs in float32 in the JAX model whatever the input dtype; the torch copy
+  gets the JAX theta through a forward hook on ``fc_loc`` (its own float64 theta, and the head's
+  input, are recorded), so everything downstream of theta is compared in float64 and theta alone
+  against a float32 bound (_check_parity). Returns [(train, jax (logits, aux), jax state, torch
+  dict)]."""
+  # (float32 matmuls at full float32 precision also on accelerators, where the default may be TF32.)
+  with jax.enable_x64(True), jax.default_matmul_precision("highest"):
+    def run(v, x):
+      return [model.apply(v, x, train=train, return_features=True, capture_intermediates=True,
+                          mutable=["batch_stats", "intermediates"],
+                          rngs={"dropout": jax.random.key(0)}) for train in modes]
+    outs = jax.jit(run)(_f64(variables), np.asarray(x, np.float64))
+  t64 = copy.deepcopy(ref).double()
+  results = []
+  for train, ((logits, aux), state) in zip(modes, outs):
+    theta = np.asarray(state["intermediates"]["stn"]["fc_loc_1"]["__call__"][0])
+    rec = {}
+
+    def hook(module, inputs, output, theta=theta, rec=rec):
+      rec["theta"], rec["fc_loc_in"] = output, inputs[0]
+      return torch.from_numpy(theta.astype(np.float64)).reshape(output.shape)
+
+    handle = t64.fc_loc.register_forward_hook(hook)
+    t64.train(train)
+    with torch.no_grad():
+      tl, tf, tsa, tw = t64(_nchw(torch, np.asarray(x, np.float64)))
+      normed = t64.attention.norm(tf)
+      want = dict(logits=tl, features=tf, sa_loss=tsa, attention=tw, theta=rec["theta"],
+                  fc_loc_hidden=t64.fc_loc[1](t64.fc_loc[0](rec["fc_loc_in"])),
+                  query=t64.attention.query(normed), key=t64.attention.key(normed),
+                  state_dict=t64.state_dict())
+    handle.remove()
+    want = {k: (v if k == "state_dict" else v.numpy()) for k, v in want.items()}
+    want["fc_loc_weight"] = t64.fc_loc[2].weight.detach().numpy()
+    want["fc_loc_bias"] = t64.fc_loc[2].bias.detach().numpy()
+    results.append((train, (logits, aux), state, want))
+  return results
+
+
+def _check_parity(jax_out, state, want, sa_mode):
+  """Float64 parity of logits, features and the attention projections; float32 bounds for theta,
+  W and L_SA. Returns the max abs differences."""
+  logits, aux = jax_out
+  inter = state["intermediates"]
+  # The model really computed in float64 (its outputs are float32 copies).
+  assert inter["head"]["__call__"][0].dtype == np.float64
+  assert inter["attention"]["query"]["__call__"][0].dtype == np.float64
+  err = {}
+  # theta = fc_loc_1(h) in float32: h (float64, = torch's to RTOL64) rounded, a length-H dot product
+  # (gamma_H), the bias added (weights and bias are float32 values, exact):
+  # |dtheta| <= (H + 3) U32 (|W| |h| + |b|).
+  h = want["fc_loc_hidden"]
+  bound = (h.shape[-1] + 3) * U32 * (np.abs(h) @ np.abs(want["fc_loc_weight"]).T
+                                      + np.abs(want["fc_loc_bias"]))
+  err["theta"] = _assert_within(inter["stn"]["fc_loc_1"]["__call__"][0], want["theta"],
+                                bound + RTOL64 * np.abs(want["theta"]).max(), "theta")
+  for name in ("logits", "features"):
+    err[name] = _assert_parity64(jax_out[0] if name == "logits" else aux[name], want[name], name)
+  for name in ("query", "key"):
+    err[name] = _assert_parity64(inter["attention"][name]["__call__"][0], want[name], name)
+  q, k, w = want["query"], want["key"], want["attention"]
+  c = q.shape[-1]
+  scores = q @ k.T * c ** -0.25 if sa_mode == "batch" else q[:, :, None] * k[:, None, :] / math.sqrt(c)
+  tw = _softmax_f32_tol(w, _score_f32_err(q, k, sa_mode), scores) + RTOL64
+  err["attention"] = _assert_within(aux["attention"], w, tw, "attention")
+  err["sa_loss"] = _assert_within(aux["sa_loss"], want["sa_loss"],
+                                  _sa_loss_tol(w, tw) + RTOL64 * want["sa_loss"], "sa_loss")
+  return err
 
 
 def _to_official(sd):
@@ -348,40 +496,33 @@ def atto_ref(tt):
 
 def test_atto_parity_with_torch_eval_and_train(tt, atto_ref):
   """Same random weights -> same logits, features, L_SA and W (eval: BN running stats; train: BN
-  batch stats and the running-stat update), STN theta per image non-trivial."""
+  batch stats and the running-stat update), STN theta per image non-trivial. Float64 on both sides
+  (see RTOL64), float32 bounds where the model computes in float32 (_check_parity)."""
   torch, _, _ = tt
   sd = {k: v.clone() for k, v in atto_ref.state_dict().items()}
   model = emonext.EmoNeXtAtto(num_classes=7)  # defaults: STN, SE 'downsample', SA 'batch'
   variables = emonext_from_torch_state_dict(sd, target=_shapes(model, 64))
   x = _images(1, 4, 64)
-
-  def run(v, x):
-    ev = model.apply(v, x, train=False, return_features=True)
-    tr, upd = model.apply(v, x, train=True, return_features=True,
-                          rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
-    return ev, tr, upd
-  (ev_l, ev_aux), (tr_l, tr_aux), upd = jax.jit(run)(variables, jnp.asarray(x))
-  for train, (logits, aux) in ((False, (ev_l, ev_aux)), (True, (tr_l, tr_aux))):
-    want_l, want_f, want_sa, want_w = _torch_run(torch, atto_ref, x, train)
+  runs = _parity_runs(torch, atto_ref, model, variables, x, modes=(False, True))
+  for train, out, state, want in runs:
+    want_l = want["logits"]
     assert np.abs(want_l).max() > 0.3 and np.abs(want_l - want_l[:1]).max() > 0.05
-    assert np.abs(np.asarray(logits) - want_l).max() < ATOL, train
-    assert np.abs(np.asarray(aux["features"]) - want_f).max() < ATOL
-    assert want_sa > 1e-3  # a non-uniform (B, B) attention
-    np.testing.assert_allclose(float(aux["sa_loss"]), want_sa, rtol=1e-3)
-    assert np.abs(np.asarray(aux["attention"]) - want_w).max() < ATOL
-  # torch's train forward above updated its running stats (momentum 0.1, unbiased var): ours
-  # match (Flax uses the biased var, a relative n/(n-1) ~ 3e-4 difference at n = 4*29*29).
-  new_sd = atto_ref.state_dict()
-  stn_stats = upd["batch_stats"]["stn"]
-  np.testing.assert_allclose(np.asarray(stn_stats["loc_bn_0"]["mean"]),
-                             new_sd["localization.1.running_mean"].numpy(), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(stn_stats["loc_bn_1"]["var"]),
-                             new_sd["localization.5.running_var"].numpy(), rtol=1e-3)
-  atto_ref.load_state_dict(sd)  # restore for the other tests
+    assert want["sa_loss"] > 1e-3  # a non-uniform (B, B) attention
+    _check_parity(out, state, want, "batch")
+  # torch's train forward updated its running stats (momentum 0.1, unbiased batch variance); ours
+  # (Flax momentum 0.9, biased variance v): torch_new - 0.9 old = (flax_new - 0.9 old) n / (n - 1),
+  # n = batch * the BN input's spatial size; in float64.
+  _, _, state, want = runs[-1]
+  for i, (bn, side) in enumerate((("localization.1", 64 - 6), ("localization.5", (64 - 6) // 2 - 4))):
+    n = x.shape[0] * side * side
+    new = state["batch_stats"]["stn"][f"loc_bn_{i}"]
+    _assert_parity64(new["mean"], want["state_dict"][f"{bn}.running_mean"].numpy(), f"{bn} mean")
+    old = sd[f"{bn}.running_var"].numpy().astype(np.float64)
+    _assert_parity64(0.9 * old + (np.asarray(new["var"]) - 0.9 * old) * n / (n - 1),
+                     want["state_dict"][f"{bn}.running_var"].numpy(), f"{bn} var")
+    assert np.abs(np.asarray(new["var"]) - old).max() > 1e-3  # the update is not a no-op
   # the STN really warps, differently per image.
-  with torch.no_grad():
-    theta = atto_ref.eval().fc_loc(torch.flatten(atto_ref.localization(_nchw(torch, x)), 1))
-  theta = theta.numpy()
+  theta = want["theta"]
   assert np.abs(theta - [1, 0, 0, 0, 1, 0]).max() > 0.05 and np.abs(theta - theta[:1]).max() > 0.003
 
 
@@ -402,14 +543,10 @@ def test_paper_variant_parity_with_torch(tt):
   model = emonext.EmoNeXt(**{**config, "sa_mode": "feature"})
   variables = emonext_from_torch_state_dict(sd, target=_shapes(model, 48))
   x = _images(2, 3, 48)
-  logits, aux = _jit_apply(model)(variables, jnp.asarray(x), return_features=True)
-  want_l, want_f, want_sa, want_w = _torch_run(torch, m, x, False)
-  assert np.abs(want_l - want_l[:1]).max() > 0.05
-  assert np.abs(np.asarray(logits) - want_l).max() < ATOL
-  assert np.abs(np.asarray(aux["features"]) - want_f).max() < ATOL
-  assert aux["attention"].shape == (3, 48, 48)
-  assert np.abs(np.asarray(aux["attention"]) - want_w).max() < 1e-6
-  np.testing.assert_allclose(float(aux["sa_loss"]), want_sa, rtol=1e-3)
+  [(_, out, state, want)] = _parity_runs(torch, m, model, variables, x, modes=(False,))
+  assert np.abs(want["logits"] - want["logits"][:1]).max() > 0.05
+  assert out[1]["attention"].shape == (3, 48, 48)
+  _check_parity(out, state, want, "feature")
 
 
 def test_official_naming_converts_identically(tt, atto_ref):
@@ -492,8 +629,5 @@ def test_tiny_224_parity_with_torch(tt):
   model = emonext.EmoNeXtTiny(num_classes=7)
   variables = emonext_from_torch_state_dict(m.state_dict(), target=_shapes(model, 224))
   x = _images(0, 2, 224)
-  logits, aux = _jit_apply(model)(variables, jnp.asarray(x), return_features=True)
-  want_l, want_f, want_sa, _ = _torch_run(torch, m, x, False)
-  assert np.abs(np.asarray(logits) - want_l).max() < ATOL
-  assert np.abs(np.asarray(aux["features"]) - want_f).max() < ATOL
-  np.testing.assert_allclose(float(aux["sa_loss"]), want_sa, rtol=1e-3)
+  [(_, out, state, want)] = _parity_runs(torch, m, model, variables, x, modes=(False,))
+  _check_parity(out, state, want, "batch")

@@ -36,6 +36,7 @@ Templates (reference frame of 112 x 112 pixels, ``TEMPLATE_SIZE``)
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple, Tuple
 
 import jax
@@ -46,6 +47,7 @@ __all__ = [
     "TEMPLATE_SIZE", "ARCFACE_TEMPLATE_112", "MEAN_SHAPE_68", "TEMPLATES", "AlignedFace",
     "landmarks_68_to_5", "template_points", "estimate_similarity", "apply_affine",
     "invert_affine", "square_box_matrix", "warp_affine", "align_face", "crop_face",
+    "square_crop_box", "crop_face_box", "FaceOutsideFrameError",
 ]
 
 TEMPLATE_SIZE = 112
@@ -337,3 +339,54 @@ def crop_face(image, landmarks, out_size, scale: float = 1.25, supersample: int 
   crop = warp_affine(image, matrix, out_size, supersample=supersample, fill=fill)
   return AlignedFace(crop, apply_affine(matrix, lm), matrix)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-pixel box crops (NumPy + PIL; the Aff-Wild builder's crops).
+
+
+class FaceOutsideFrameError(ValueError):
+  """The crop square of :func:`crop_face_box` does not overlap the frame."""
+
+
+def square_crop_box(box, margin: float) -> Tuple[int, int, int]:
+  """Integer square ``(left, top, side)`` around a face box ``(x0, y0, x1, y1)``.
+
+  Box coordinates are pixel EDGES here (pixel i spans [i, i + 1), so the box (2, 2, 5, 5) holds
+  pixels 2..4), unlike the pixel-centre convention of the rest of this module.
+  ``side = round(max(w, h) * (1 + margin))`` (at least 1), centred on the box centre:
+  ``left = round(cx - side / 2)``, ``top = round(cy - side / 2)``, rounding halves up. Pixels
+  ``[top, top + side) x [left, left + side)`` are cropped.
+  """
+  x0, y0, x1, y1 = (float(v) for v in box)
+  side = max(1, int(math.floor(max(x1 - x0, y1 - y0) * (1.0 + margin) + 0.5)))
+  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+  left = int(math.floor(cx - side / 2 + 0.5))
+  top = int(math.floor(cy - side / 2 + 0.5))
+  return left, top, side
+
+
+def crop_face_box(frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
+  """Square whole-pixel crop of an (H, W, 3) uint8 frame around a face box, resized to ``size``.
+
+  The square of :func:`square_crop_box` is cut out (zeros where it runs past the frame) and, if
+  its side is not ``size``, resized to (size, size, 3) with PIL's bilinear filter (antialiased
+  when shrinking). No sub-pixel placement and no rotation, unlike :func:`crop_face` /
+  :func:`align_face` (which resample by an affine map in JAX). Not jit-able.
+
+  Raises:
+    FaceOutsideFrameError (a ValueError) if the square lies entirely outside the frame.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  h, w = frame.shape[:2]
+  left, top, side = square_crop_box(box, margin)
+  r0, r1 = max(top, 0), min(top + side, h)
+  c0, c1 = max(left, 0), min(left + side, w)
+  if r0 >= r1 or c0 >= c1:
+    raise FaceOutsideFrameError(
+        f"face box {tuple(float(v) for v in box)} lies outside the {w}x{h} frame")
+  square = np.zeros((side, side, 3), np.uint8)
+  square[r0 - top:r1 - top, c0 - left:c1 - left] = frame[r0:r1, c0:c1]
+  if side == size:
+    return square
+  return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR))

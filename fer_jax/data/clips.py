@@ -106,12 +106,7 @@ def video_key_to_str(value: Any) -> str:
 def _check_clip(element: Dict[str, Any], cfg: ClipConfig):
   if cfg.frames_key not in element:
     raise KeyError(f"Record has no field {cfg.frames_key!r} (affect.frames_key); it has {sorted(element)}")
-  frames = np.asarray(element[cfg.frames_key])
-  if frames.ndim == 3:
-    frames = frames[..., None]
-  if frames.ndim != 4 or frames.dtype != np.uint8 or frames.shape[-1] not in (1, 3):
-    raise ValueError(f"Record field {cfg.frames_key!r} has shape {frames.shape} and dtype {frames.dtype}; "
-                     "expected uint8 frames of shape (L, H, W, 1 or 3)")
+  frames = pipeline.check_frames(element[cfg.frames_key], cfg.frames_key, clip=True)
   length = frames.shape[0]
   targets = []
   for key in cfg.target_keys:
@@ -124,30 +119,6 @@ def _check_clip(element: Dict[str, Any], cfg: ClipConfig):
   mask = (np.ones(length, bool) if cfg.mask_key is None
           else np.asarray(element[cfg.mask_key]).astype(bool).reshape(length))
   return frames, np.stack(targets, -1), mask
-
-
-def _transform_frames(frames: np.ndarray, aug: pipeline.AugmentConfig,
-                      rng: Optional[np.random.Generator]) -> np.ndarray:
-  """The image pipeline's transforms with one draw for the whole window (rng None = eval)."""
-  if aug.resize:
-    frames = np.stack([pipeline.resize(f, aug.resize) for f in frames])
-  if rng is None:
-    if aug.crop:
-      frames = np.stack([pipeline.center_crop(f, aug.crop) for f in frames])
-    return frames
-  if aug.rotation:
-    angle = float(rng.uniform(-aug.rotation, aug.rotation))
-    frames = np.stack([pipeline.rotate(f, angle) for f in frames])
-  h, w = frames.shape[1:3]
-  if aug.crop and aug.crop < max(h, w):
-    top = int(rng.integers(0, h - aug.crop + 1))
-    left = int(rng.integers(0, w - aug.crop + 1))
-    frames = frames[:, top:top + aug.crop, left:left + aug.crop]
-  if aug.hflip and rng.random() < 0.5:
-    frames = frames[:, :, ::-1]
-  if aug.vflip and rng.random() < 0.5:
-    frames = frames[:, ::-1]
-  return frames
 
 
 class ClipTrainTransform(grain.transforms.RandomMap):
@@ -164,7 +135,7 @@ class ClipTrainTransform(grain.transforms.RandomMap):
                        f"{span} frames; the clips have only {length}.")
     start = int(rng.integers(0, length - span + 1))
     sel = start + self.clip.stride * np.arange(self.clip.window)
-    return {"frames": np.ascontiguousarray(_transform_frames(frames[sel], self.aug, rng)),
+    return {"frames": np.ascontiguousarray(pipeline.augment(frames[sel], self.aug, rng)),
             "targets": targets[sel], "mask": mask[sel]}
 
 
@@ -180,7 +151,7 @@ class ClipEvalTransform(grain.transforms.Map):
     length = frames.shape[0]
     index = (np.arange(length) if self.clip.frame_index_key is None
              else np.asarray(element[self.clip.frame_index_key], np.int64).reshape(length))
-    return {"frames": np.ascontiguousarray(_transform_frames(frames, self.aug, None)),
+    return {"frames": np.ascontiguousarray(pipeline.augment(frames, self.aug, None)),
             "targets": targets, "mask": mask,
             "video": video_key_to_int(element[self.clip.video_key]),
             # Host-side only (the trainer pops it before the batch goes to the devices).

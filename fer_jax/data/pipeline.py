@@ -12,7 +12,7 @@ Images stay uint8 on the host; scaling to [0, 1] and grey -> RGB happen on the a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import grain
 import numpy as np
@@ -87,56 +87,140 @@ class AugmentConfig:
     if self.crop is not None and self.resize is not None and self.crop > self.resize:
       raise ValueError(f"input.crop={self.crop} is larger than input.resize={self.resize}")
 
-
-def _check_image(img: Any, key: str) -> np.ndarray:
-  img = np.asarray(img)
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.ndim != 3 or img.dtype != np.uint8 or img.shape[-1] not in (1, 3):
-    raise ValueError(f"Record field {key!r} has shape {img.shape} and dtype {img.dtype}; "
-                     "expected a uint8 image of shape (H, W, 1) or (H, W, 3)")
-  return img
+  def replace(self, **changes: Any) -> "AugmentConfig":
+    return dataclasses.replace(self, **changes)
 
 
-class TrainTransform(grain.transforms.RandomMap):
+def check_frames(x: Any, key: str, clip: bool = False) -> np.ndarray:
+  """A uint8 image (H, W, C) or clip (T, H, W, C), C in {1, 3}; (H, W) / (T, H, W) get C = 1."""
+  x = np.asarray(x)
+  nd = 4 if clip else 3
+  if x.ndim == nd - 1:
+    x = x[..., None]
+  if x.ndim != nd or x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
+    what = "frames of shape (T, H, W, 1 or 3)" if clip else "image of shape (H, W, 1) or (H, W, 3)"
+    raise ValueError(f"Record field {key!r} has shape {x.shape} and dtype {x.dtype}; "
+                     f"expected a uint8 {what}")
+  return x
+
+
+def augment(frames: np.ndarray, aug: AugmentConfig, rng: Optional[np.random.Generator]) -> np.ndarray:
+  """THE image augmentation, for images (H, W, C) and clips (T, H, W, C) alike.
+
+  Train (``rng`` given): resize -> rotation -> random crop -> flips, one draw shared by every frame
+  of a clip. Eval (``rng`` None): resize -> centre crop, or ten-crop of an image (10, s, s, C).
+  """
+  single = frames.ndim == 3
+  x = frames[None] if single else frames
+  if aug.resize:
+    x = np.stack([resize(f, aug.resize) for f in x])
+  if rng is None:
+    if aug.crop:
+      if single and aug.eval_crops == "ten":
+        return np.ascontiguousarray(ten_crop(x[0], aug.crop))
+      x = np.stack([center_crop(f, aug.crop) for f in x])
+  else:
+    if aug.rotation:
+      angle = float(rng.uniform(-aug.rotation, aug.rotation))
+      x = np.stack([rotate(f, angle) for f in x])
+    h, w = x.shape[1:3]
+    if aug.crop and aug.crop < max(h, w):
+      top = int(rng.integers(0, h - aug.crop + 1))
+      left = int(rng.integers(0, w - aug.crop + 1))
+      x = x[:, top:top + aug.crop, left:left + aug.crop]
+    if aug.hflip and rng.random() < 0.5:
+      x = x[:, :, ::-1]
+    if aug.vflip and rng.random() < 0.5:
+      x = x[:, ::-1]
+  return np.ascontiguousarray(x[0] if single else x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Records with named fields.
+# ----------------------------------------------------------------------------------------------------
+
+FIELD_KINDS = ("image", "frames", "int", "float", "bool", "array")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One field of the batches a task trains on, read from the record field ``key``.
+
+  kind: 'image' (uint8 (H, W, C), augmented), 'frames' (uint8 (T, H, W, C), one augmentation for all
+  frames), 'int' (class labels, int32), 'float' (targets: scalars, multi-hot vectors, AU intensities;
+  float32), 'bool', or 'array' (passed through: landmarks, ids). ``aug`` overrides the pipeline's
+  augmentation for this image (e.g. a 128 px body crop beside a 224 px context image).
+  """
+
+  key: str
+  kind: str = "array"
+  aug: Optional[AugmentConfig] = None
+  shape: Optional[Tuple[int, ...]] = None  # checked when given (per example, after conversion)
+
+  def __post_init__(self):
+    if self.kind not in FIELD_KINDS:
+      raise ValueError(f"Field {self.key!r}: kind={self.kind!r}; expected one of {FIELD_KINDS}")
+
+  def read(self, element: Dict[str, Any], aug: AugmentConfig,
+           rng: Optional[np.random.Generator]) -> np.ndarray:
+    if self.key not in element:
+      raise KeyError(f"Record has no field {self.key!r}; it has {sorted(element)}")
+    v = element[self.key]
+    if self.kind in ("image", "frames"):
+      out = augment(check_frames(v, self.key, clip=self.kind == "frames"), self.aug or aug, rng)
+    elif self.kind == "int":
+      out = np.asarray(v).astype(np.int32)
+    elif self.kind == "float":
+      out = np.asarray(v, np.float32)
+    elif self.kind == "bool":
+      out = np.asarray(v).astype(bool)
+    else:
+      out = np.asarray(v)
+    if self.shape is not None and tuple(out.shape) != tuple(self.shape):
+      raise ValueError(f"Record field {self.key!r} has shape {out.shape}; expected {tuple(self.shape)}")
+    return out
+
+
+def _read_fields(fields: Mapping[str, Field], element, aug, rng) -> Dict[str, np.ndarray]:
+  return {name: f.read(element, aug, rng) for name, f in fields.items()}
+
+
+class RecordTrainTransform(grain.transforms.RandomMap):
+  """Record -> {name: field} with the training augmentation (one rng per example)."""
+
+  def __init__(self, fields: Mapping[str, Field], aug: AugmentConfig):
+    self.fields, self.aug = dict(fields), aug
+
+  def random_map(self, element: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+    return _read_fields(self.fields, element, self.aug, rng)
+
+
+class RecordEvalTransform(grain.transforms.Map):
+  """Record -> {name: field, 'mask': True} with the evaluation preprocessing."""
+
+  def __init__(self, fields: Mapping[str, Field], aug: AugmentConfig):
+    self.fields, self.aug = dict(fields), aug
+
+  def map(self, element: Dict[str, Any]) -> Dict[str, Any]:
+    return {**_read_fields(self.fields, element, self.aug, None), "mask": np.bool_(True)}
+
+
+def image_label_fields(image_key: str = "image", label_key: str = "label") -> Dict[str, Field]:
+  return {"image": Field(image_key, "image"), "label": Field(label_key, "int")}
+
+
+class TrainTransform(RecordTrainTransform):
   """Decode -> resize -> rotation -> random crop -> flips; returns {'image', 'label'}."""
 
   def __init__(self, aug: AugmentConfig, image_key: str = "image", label_key: str = "label"):
-    self.aug, self.image_key, self.label_key = aug, image_key, label_key
-
-  def random_map(self, element: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
-    aug = self.aug
-    img = _check_image(element[self.image_key], self.image_key)
-    if aug.resize:
-      img = resize(img, aug.resize)
-    if aug.rotation:
-      img = rotate(img, float(rng.uniform(-aug.rotation, aug.rotation)))
-    if aug.crop and aug.crop < max(img.shape[:2]):
-      top = int(rng.integers(0, img.shape[0] - aug.crop + 1))
-      left = int(rng.integers(0, img.shape[1] - aug.crop + 1))
-      img = crop(img, top, left, aug.crop)
-    if aug.hflip and rng.random() < 0.5:
-      img = img[:, ::-1]
-    if aug.vflip and rng.random() < 0.5:
-      img = img[::-1]
-    return {"image": np.ascontiguousarray(img), "label": np.int32(element[self.label_key])}
+    super().__init__(image_label_fields(image_key, label_key), aug)
 
 
-class EvalTransform(grain.transforms.Map):
+class EvalTransform(RecordEvalTransform):
   """Decode -> resize -> centre crop or ten-crop; returns {'image', 'label', 'mask'}."""
 
   def __init__(self, aug: AugmentConfig, image_key: str = "image", label_key: str = "label"):
-    self.aug, self.image_key, self.label_key = aug, image_key, label_key
-
-  def map(self, element: Dict[str, Any]) -> Dict[str, Any]:
-    aug = self.aug
-    img = _check_image(element[self.image_key], self.image_key)
-    if aug.resize:
-      img = resize(img, aug.resize)
-    if aug.crop:
-      img = ten_crop(img, aug.crop) if aug.eval_crops == "ten" else center_crop(img, aug.crop)
-    return {"image": np.ascontiguousarray(img), "label": np.int32(element[self.label_key]),
-            "mask": np.bool_(True)}
+    super().__init__(image_label_fields(image_key, label_key), aug)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -146,15 +230,21 @@ class EvalTransform(grain.transforms.Map):
 def train_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                   prefetch: int = 4, image_key: str = "image", label_key: str = "label",
-                  transform: Optional[grain.transforms.RandomMap] = None) -> grain.IterDataset:
-  """Infinite, reshuffled-every-epoch training batches of ``batch_size`` (per process).
+                  transform: Optional[grain.transforms.RandomMap] = None,
+                  sampler: Any = None, labels: Optional[np.ndarray] = None) -> grain.IterDataset:
+  """Infinite training batches of ``batch_size`` (per process) in the order of ``sampler``.
 
-  ``transform`` replaces the default :class:`TrainTransform` (e.g. clips, ``fer_jax.data.clips``).
+  ``sampler``: an entry of ``fer_jax.registry.SAMPLERS`` (default: uniform, reshuffled every epoch);
+  ``labels``: every record's class, for samplers that need them. ``transform`` replaces the default
+  :class:`TrainTransform` (e.g. :class:`RecordTrainTransform` over a task's fields).
   """
   if len(source) < process_count:
     raise ValueError(f"Training split has {len(source)} examples, fewer than {process_count} processes")
-  ds = grain.MapDataset.source(source).seed(seed).shuffle()
-  ds = ds[process_index::process_count].repeat(None)
+  if sampler is None:
+    from fer_jax.registry import SAMPLERS
+    sampler = SAMPLERS.build("uniform")
+  ds = sampler.dataset(source, seed=seed, labels=labels, process_index=process_index,
+                       process_count=process_count)
   ds = ds.random_map(transform or TrainTransform(aug, image_key, label_key))
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))

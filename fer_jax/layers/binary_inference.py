@@ -340,6 +340,16 @@ def binary_conv2d(x_packed: jax.Array, w_packed: jax.Array, in_channels: int, *,
 # Frozen inference modules and conversion from QuantDense / QuantConv.
 
 
+def _frozen_params(layer: nn.Module, kernel_shape: Tuple[int, ...]):
+  """Creates the params of a frozen layer: (kernel_packed, scale or None, bias or None)."""
+  wp = layer.param("kernel_packed", nn.initializers.zeros_init(), kernel_shape, jnp.uint32)
+  scale = layer.param("scale", nn.initializers.ones_init(), (layer.features,), layer.dtype) \
+      if layer.use_scale else None
+  bias = layer.param("bias", nn.initializers.zeros_init(), (layer.features,), layer.dtype) \
+      if layer.use_bias else None
+  return wp, scale, bias
+
+
 def _scale_bias(y: jax.Array, scale: Optional[jax.Array], bias: Optional[jax.Array],
                 dtype: Any) -> jax.Array:
   y = y.astype(dtype)
@@ -368,13 +378,7 @@ class BinaryDenseInference(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kw = _num_words(self.in_features)
-    wp = self.param("kernel_packed", nn.initializers.zeros_init(), (kw, self.features),
-                    jnp.uint32)
-    scale = self.param("scale", nn.initializers.ones_init(), (self.features,), self.dtype) \
-        if self.use_scale else None
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.dtype) \
-        if self.use_bias else None
+    wp, scale, bias = _frozen_params(self, (_num_words(self.in_features), self.features))
     if not self.packed_input:
       if x.shape[-1] != self.in_features:
         raise ValueError(f"BinaryDenseInference {self.name!r}: expected {self.in_features} input "
@@ -406,12 +410,8 @@ class BinaryConvInference(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kwid = _pair(self.kernel_size, "kernel_size")
-    shape = (kh, kwid, _num_words(self.in_features), self.features)
-    wp = self.param("kernel_packed", nn.initializers.zeros_init(), shape, jnp.uint32)
-    scale = self.param("scale", nn.initializers.ones_init(), (self.features,), self.dtype) \
-        if self.use_scale else None
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.dtype) \
-        if self.use_bias else None
+    wp, scale, bias = _frozen_params(
+        self, (kh, kwid, _num_words(self.in_features), self.features))
     if not self.packed_input:
       if x.ndim != 4 or x.shape[-1] != self.in_features:
         raise ValueError(f"BinaryConvInference {self.name!r}: expected input (B, H, W, "

@@ -265,15 +265,6 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def resolve_impl(impl: str) -> str:
-  """'auto' -> 'shift' on CPU (XLA:CPU grouped convs are slow), 'xla' on TPU / GPU."""
-  if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "xla"
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"Unknown depthwise impl {impl!r}; expected 'auto' or one of {sorted(IMPLEMENTATIONS)}")
-  return impl
-
-
 class DepthwiseConv(nn.Module):
   """Stride-1, 'SAME'-padded depthwise conv; ``impl`` picks the kernel implementation.
 

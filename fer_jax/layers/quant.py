@@ -252,9 +252,31 @@ def _latent_kernel(layer: nn.Module, shape: Tuple[int, ...]) -> Tuple[jax.Array,
         "sign-based but kernel_clip_value=None, so its latent kernel will not be clipped; latent "
         "weights that leave the STE range get no gradient ('starved weights'). Set "
         "kernel_clip_value (e.g. 1.0) and chain clip_latent_kernels() into the optimizer.",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=4)
   kernel = layer.param(name, layer.kernel_init, shape, layer.param_dtype)
   return kernel, latent
+
+
+def _params_and_input(layer: nn.Module, x: jax.Array, kernel_shape: Tuple[int, ...],
+                      iq: Optional[Quantizer]):
+  """Creates the kernel and bias params, promotes dtypes and quantizes x: (qi(x), kernel, bias)."""
+  kernel, _ = _latent_kernel(layer, kernel_shape)
+  bias = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype) \
+      if layer.use_bias else None
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=layer.dtype)
+  if iq is not None:
+    x = iq(x)
+  return x, kernel, bias
+
+
+def _scale_and_bias(y: jax.Array, alpha: Optional[jax.Array],
+                    bias: Optional[jax.Array]) -> jax.Array:
+  """``y * alpha + bias``, each factor only when given."""
+  if alpha is not None:
+    y = y * alpha
+  if bias is not None:
+    y = y + bias
+  return y
 
 
 def _quantize_kernel(layer: nn.Module, kernel: jax.Array, kq: Optional[Quantizer]):
@@ -289,19 +311,10 @@ class QuantDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     iq, kq = _check_config(self)
-    kernel, _ = _latent_kernel(self, (jnp.shape(x)[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-        if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if iq is not None:
-      x = iq(x)
+    x, kernel, bias = _params_and_input(self, x, (jnp.shape(x)[-1], self.features), iq)
     kernel, alpha = _quantize_kernel(self, kernel, kq)
     y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-    if alpha is not None:
-      y = y * alpha
-    if bias is not None:
-      y = y + bias
-    return y
+    return _scale_and_bias(y, alpha, bias)
 
 
 def conv_padding(padding: Any, in_sizes: Sequence[int], kernel_sizes: Sequence[int],
@@ -380,22 +393,14 @@ class QuantConv(nn.Module):
     batch_shape = x.shape[:-(n + 1)]
     x = x.reshape((-1,) + x.shape[-(n + 1):])
     pads = conv_padding(self.padding, x.shape[1:-1], ks, strides, dil)
-    kernel, _ = _latent_kernel(self, ks + (x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-        if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if iq is not None:
-      x = iq(x)
+    x, kernel, bias = _params_and_input(self, x, ks + (x.shape[-1], self.features), iq)
     if any(lo or hi for lo, hi in pads):
       x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),), constant_values=self.pad_values)
     kernel, alpha = _quantize_kernel(self, kernel, kq)
     y = lax.conv_general_dilated(x, kernel, strides, "VALID", rhs_dilation=dil,
                                  dimension_numbers=_dimension_numbers(n),
                                  precision=self.precision)
-    if alpha is not None:
-      y = y * alpha
-    if bias is not None:
-      y = y + bias
+    y = _scale_and_bias(y, alpha, bias)
     return y.reshape(batch_shape + y.shape[1:])
 
 

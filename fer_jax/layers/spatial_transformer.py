@@ -190,13 +190,24 @@ def _sample_pixels(x: Array, ix: Array, iy: Array, padding_mode: str, mode: str)
   return out
 
 
-def _out_dtype(x: Array, coords: Array) -> Dtype:
-  return jnp.promote_types(jnp.promote_types(x.dtype, coords.dtype), jnp.float32)
-
-
 def _check_image(x: Array, name: str = "x") -> None:
   if x.ndim != 4:
     raise ValueError(f"{name} must be an NHWC image batch (N, H, W, C); got shape {x.shape}")
+
+
+def _sampler_inputs(x: Array, coords: Array, padding_mode: str, mode: str) -> Tuple[Array, Array]:
+  """Checks the sampling options and the image batch ``x``; returns ``x``, ``coords`` as arrays."""
+  _check_choice("padding_mode", padding_mode, PADDING_MODES)
+  _check_choice("mode", mode, MODES)
+  x, coords = jnp.asarray(x), jnp.asarray(coords)
+  _check_image(x)
+  return x, coords
+
+
+def _promote(x: Array, coords: Array) -> Tuple[Array, Array]:
+  """``x`` and ``coords`` cast to their promoted dtype (float32 at least)."""
+  dtype = jnp.promote_types(jnp.promote_types(x.dtype, coords.dtype), jnp.float32)
+  return x.astype(dtype), coords.astype(dtype)
 
 
 def grid_sample(x: Array, grid: Array, align_corners: bool = False, padding_mode: str = "zeros",
@@ -214,15 +225,11 @@ def grid_sample(x: Array, grid: Array, align_corners: bool = False, padding_mode
   Returns:
     (N, Hg, Wg, C) in the promoted dtype of x and grid (float32 at least).
   """
-  _check_choice("padding_mode", padding_mode, PADDING_MODES)
-  _check_choice("mode", mode, MODES)
-  x, grid = jnp.asarray(x), jnp.asarray(grid)
-  _check_image(x)
+  x, grid = _sampler_inputs(x, grid, padding_mode, mode)
   if grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != x.shape[0]:
     raise ValueError(f"grid must have shape (N, Hg, Wg, 2) with N = x.shape[0] = {x.shape[0]}; "
                      f"got {grid.shape}")
-  dtype = _out_dtype(x, grid)
-  x, grid = x.astype(dtype), grid.astype(dtype)
+  x, grid = _promote(x, grid)
   n, h, w, c = x.shape
   hg, wg = grid.shape[1:3]
   gx = grid[..., 0].reshape(n, hg * wg)
@@ -264,17 +271,14 @@ def affine_warp(x: Array, theta: Array, size: Optional[Sequence[int]] = None,
   Returns:
     (N, Ho, Wo, C) in the promoted dtype of x and theta (float32 at least).
   """
-  _check_choice("padding_mode", padding_mode, PADDING_MODES)
-  _check_choice("mode", mode, MODES)
-  x, theta = jnp.asarray(x), jnp.asarray(theta)
-  _check_image(x)
+  x, theta = _sampler_inputs(x, theta, padding_mode, mode)
   _check_theta(theta)
   if theta.shape[0] != x.shape[0]:
     raise ValueError(f"theta batch {theta.shape[0]} does not match x batch {x.shape[0]}")
   n, h, w, c = x.shape
   ho, wo = _out_hw(theta, size if size is not None else x.shape)
-  dtype = _out_dtype(x, theta)
-  x, theta = x.astype(dtype), theta.astype(dtype)
+  x, theta = _promote(x, theta)
+  dtype = x.dtype
   ux, kx, off = _pixel_coords(wo, w, align_corners)   # target x in source-x pixel units
   vx, _, _ = _pixel_coords(ho, w, align_corners)      # target y in source-x pixel units
   uy, ky, _ = _pixel_coords(wo, h, align_corners)     # target x in source-y pixel units

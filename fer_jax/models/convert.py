@@ -18,6 +18,10 @@ Conv weights go OIHW -> HWIO (depthwise (C,1,kh,kw) -> (kh,kw,1,C)); Linear weig
 (in, out), also when stored as 1x1 convs (out, in, 1, 1) as in timm's ``conv_mlp`` variants;
 LayerNorm weight -> ``scale``. All values become float32 NumPy arrays.
 
+The pieces are shared with ``fer_jax.models.emonext_convert``: ``map_state_dict`` (rename and
+re-lay-out by a key map) and ``check_tree_against`` (one error listing every missing, unexpected
+and mis-shaped tensor).
+
 ``load_torch_weights`` reads ``.safetensors`` files, or torch checkpoints with
 ``torch.load(weights_only=True)`` (never unpickling arbitrary objects).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -101,19 +105,31 @@ def map_torch_key(key: str) -> Optional[Tuple[Tuple[str, ...], str, str]]:
   return None
 
 
-def map_torch_params(state_dict: Mapping[str, Any]) -> Tuple[Params, list]:
-  """Renames and re-lays-out every ConvNeXt tensor; returns (nested params, unexpected keys).
+def strip_module_prefix(key: str) -> str:
+  """``key`` without a leading 'module.' (DataParallel / DDP checkpoints)."""
+  return key[len("module."):] if key.startswith("module.") else key
 
-  Performs no completeness check (see ``convnext_from_torch_state_dict``). A leading 'module.'
-  (DataParallel) is stripped from keys.
+
+KeyMap = Callable[[str], Optional[Tuple[Tuple[str, ...], str, str]]]
+
+
+def map_state_dict(state_dict: Mapping[str, Any], map_key: KeyMap) -> Tuple[Params, list]:
+  """Renames and re-lays-out torch tensors by ``map_key``; returns (nested params, unexpected keys).
+
+  ``map_key(name)`` gives (module path, our leaf name, layer kind) (see ``map_torch_key``) or None
+  for a key it does not know, which is returned in the unexpected list. ``name`` is the key less
+  a leading 'module.' (DataParallel); keys ending in 'num_batches_tracked' are dropped. Each
+  tensor is converted by ``_convert_array`` (kind 'conv', 'linear', 'norm' or 'gamma'); two keys
+  mapping to the same place raise a ValueError. Performs no completeness check (see
+  ``check_tree_against``).
   """
   params: Params = {}
   unexpected = []
   for key, value in state_dict.items():
-    name = key[len("module."):] if key.startswith("module.") else key
+    name = strip_module_prefix(key)
     if name.endswith(_IGNORED_SUFFIXES):
       continue
-    mapped = map_torch_key(name)
+    mapped = map_key(name)
     if mapped is None:
       unexpected.append(key)
       continue
@@ -128,6 +144,15 @@ def map_torch_params(state_dict: Mapping[str, Any]) -> Tuple[Params, list]:
   return params, unexpected
 
 
+def map_torch_params(state_dict: Mapping[str, Any]) -> Tuple[Params, list]:
+  """Renames and re-lays-out every ConvNeXt tensor; returns (nested params, unexpected keys).
+
+  Performs no completeness check (see ``convnext_from_torch_state_dict``). A leading 'module.'
+  (DataParallel) is stripped from keys.
+  """
+  return map_state_dict(state_dict, map_torch_key)
+
+
 def _flatten(tree: Mapping[str, Any], prefix: Tuple[str, ...] = ()) -> Dict[str, Any]:
   out = {}
   for k, v in tree.items():
@@ -136,6 +161,35 @@ def _flatten(tree: Mapping[str, Any], prefix: Tuple[str, ...] = ()) -> Dict[str,
     else:
       out["/".join(prefix + (k,))] = v
   return out
+
+
+def check_tree_against(got: Mapping[str, Any], target: Mapping[str, Any], what: str,
+                       unexpected: Iterable[str] = ()) -> None:
+  """Raises one ValueError listing how the converted tree ``got`` differs from ``target``.
+
+  Both are nested dicts whose leaves have a ``.shape`` (arrays or ``jax.ShapeDtypeStruct``s). The
+  report (headed ``'<what> do not match the model:'``) names the leaves of ``target`` missing from
+  ``got``, the ``unexpected`` torch keys (those no mapping knew), the leaves of ``got`` that the
+  model lacks, and the leaves whose shapes differ; nothing is raised when there is none of these.
+  """
+  got_f, want_f = _flatten(got), _flatten(target)
+  unexpected = sorted(unexpected)
+  missing = sorted(set(want_f) - set(got_f))
+  extra = sorted(set(got_f) - set(want_f))
+  shaped = sorted(f"{k}: checkpoint {tuple(got_f[k].shape)} vs model {tuple(want_f[k].shape)}"
+                  for k in set(got_f) & set(want_f)
+                  if tuple(got_f[k].shape) != tuple(want_f[k].shape))
+  if unexpected or missing or extra or shaped:
+    lines = [f"{what} do not match the model:"]
+    if missing:
+      lines.append(f"  missing (our names): {missing}")
+    if unexpected:
+      lines.append(f"  unexpected torch keys: {unexpected}")
+    if extra:
+      lines.append(f"  in the checkpoint but not in the model (our names): {extra}")
+    if shaped:
+      lines.append(f"  wrong shape (our layout): {shaped}")
+    raise ValueError("\n".join(lines))
 
 
 def infer_convnext_config(params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -181,7 +235,8 @@ def infer_convnext_config(params: Mapping[str, Any]) -> Dict[str, Any]:
   return config
 
 
-def _target_shapes(config: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
+def _target_shapes(config: Mapping[str, Any]) -> Params:
+  """The ``params`` tree of ``jax.ShapeDtypeStruct``s of the ConvNeXt built from ``config``."""
   import jax
   import jax.numpy as jnp
   from fer_jax.models.convnext import ConvNeXt
@@ -191,7 +246,7 @@ def _target_shapes(config: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
   model = ConvNeXt(**kwargs)
   size = kwargs["stem_patch_size"] * 2 ** (len(kwargs["dims"]) - 1)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, in_ch)))
-  return {k: tuple(v.shape) for k, v in _flatten(shapes["params"]).items()}
+  return shapes["params"]
 
 
 def convnext_from_torch_state_dict(
@@ -224,26 +279,10 @@ def convnext_from_torch_state_dict(
       config["num_classes"] = 0
     expected = _target_shapes(config)
   else:
-    target = dict(target["params"] if "params" in target else target)
+    expected = dict(target["params"] if "params" in target else target)
     if not include_head:
-      target.pop("head", None)
-    expected = {k: tuple(v.shape) for k, v in _flatten(target).items()}
-  got = _flatten(params)
-  missing = sorted(set(expected) - set(got))
-  extra = sorted(set(got) - set(expected))
-  shaped = sorted(f"{k}: checkpoint {got[k].shape} vs model {expected[k]}"
-                  for k in set(got) & set(expected) if tuple(got[k].shape) != expected[k])
-  if unexpected or missing or extra or shaped:
-    lines = ["ConvNeXt state dict does not match the model:"]
-    if missing:
-      lines.append(f"  missing (our names): {missing}")
-    if unexpected:
-      lines.append(f"  unexpected torch keys: {sorted(unexpected)}")
-    if extra:
-      lines.append(f"  converted but not in the model (our names): {extra}")
-    if shaped:
-      lines.append(f"  wrong shape (our layout): {shaped}")
-    raise ValueError("\n".join(lines))
+      expected.pop("head", None)
+  check_tree_against(params, expected, "ConvNeXt weights", unexpected)
   return params
 
 

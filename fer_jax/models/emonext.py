@@ -9,8 +9,10 @@ Pieces and where the paper and the official code differ (see ../shared/PAPERS.md
   padding). Its BatchNorms keep running statistics in the 'batch_stats' collection, so with
   ``use_stn`` a train-mode ``apply`` needs ``mutable=['batch_stats']``. Its flatten size (10*52*52 =
   27040 at 224 px) follows the input size fixed at ``init``.
-* **ConvNeXt backbone**: the same layers, names and init as ``fer_jax.models.convnext.ConvNeXt``.
-* **Squeeze-and-Excitation** (Hu et al. 2018, eq. 2-4; ``se_reduction`` default 16, no biases):
+* **ConvNeXt backbone**: ``fer_jax.models.convnext``'s own stem / stages / pooled LayerNorm /
+  classifier (``convnext_trunk``, ``classifier_head``), so the layers, names and init are ConvNeXt's.
+* **Squeeze-and-Excitation** (Hu et al. 2018, eq. 2-4; ``se_reduction`` default 16, no biases;
+  ``fer_jax.layers.squeeze_excitation``, built by ``convnext.ConvNeXtStage``):
   ``se_placement='downsample'`` (official code: after the stride-2 conv of downsampling layers
   1-3, 3 blocks, params ``stage_{i}/downsample_se``), ``'stage'`` (paper: after every stage's last
   block, 4 blocks, params ``stage_{i}/stage_se``) or ``'none'``.
@@ -42,6 +44,10 @@ unused entries cost nothing.
 tree and outputs (the ``convnext`` baselines of Table II). Defaults follow the official code
 (STN on, SE at the downsampling layers, batch-mode attention) except ``drop_path_rate``, which
 keeps ConvNeXt's default 0.0 (the official ``get_model`` uses 0.1: set it in the config).
+
+``EmoNeXtBackbone`` (registered backbone 'emonext') is EmoNeXt without its classifier: it returns
+``{'features', 'sa_loss'[, 'attention']}`` from the same code (``emonext_trunk``), and its parameter
+tree is EmoNeXt's minus ``head``.
 """
 
 from __future__ import annotations
@@ -56,42 +62,14 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax.layers.spatial_transformer import SpatialTransformer
-from fer_jax.models.convnext import (LN_EPS, ConvNeXtBlock, check_convnext_fields, drop_path_schedule,
-                                     trunc_normal_init)
-from fer_jax.registry import register
+from fer_jax.layers.squeeze_excitation import SqueezeExcitation  # noqa: F401  (public name here too)
+from fer_jax.models.convnext import (SE_PLACEMENTS, SIZES, ConvNeXtBackbone, check_convnext_fields,
+                                     classifier_head, convnext_trunk, load_pretrained,
+                                     prepare_image, trunc_normal_init)
+from fer_jax.registry import BACKBONES, PRETRAINED, register
 
-SE_PLACEMENTS = ("downsample", "stage", "none")
 SA_MODES = ("batch", "feature")
 SA_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by the official attention module.
-
-
-# ----------------------------------------------------------------------------- squeeze-excitation
-
-
-class SqueezeExcitation(nn.Module):
-  """Hu et al. 2018: z = GAP(x) (eq. 2), s = sigmoid(W2 relu(W1 z)) (eq. 3), x * s (eq. 4).
-
-  W1: C -> C // reduction, W2: C // reduction -> C, both without bias (params ``fc1``, ``fc2``).
-  """
-
-  reduction: int = 16
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    if int(self.reduction) < 1:
-      raise ValueError(f"se_reduction must be >= 1, got {self.reduction!r}")
-    hidden = c // int(self.reduction)
-    if hidden < 1:
-      raise ValueError(f"SE with {c} channels and reduction {self.reduction} has no hidden units "
-                       f"(C // reduction = 0); use se_reduction <= {c}")
-    z = jnp.mean(x, axis=(1, 2))
-    s = nn.Dense(hidden, use_bias=False, dtype=self.dtype, kernel_init=trunc_normal_init,
-                 name="fc1")(z)
-    s = nn.Dense(c, use_bias=False, dtype=self.dtype, kernel_init=trunc_normal_init,
-                 name="fc2")(nn.relu(s))
-    return x * nn.sigmoid(s)[:, None, None, :].astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- self-attention
@@ -156,38 +134,32 @@ class SelfAttentionRegulariser(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 
-class EmoNeXtStage(nn.Module):
-  """ConvNeXt stage (same param names as ``ConvNeXtStage``) with optional SE blocks.
+def check_emonext_fields(m) -> None:
+  """Validates EmoNeXt's own fields of ``m`` (EmoNeXt or EmoNeXtBackbone)."""
+  if m.se_placement not in SE_PLACEMENTS:
+    raise ValueError(f"se_placement must be one of {SE_PLACEMENTS}, got {m.se_placement!r}")
+  if m.sa_mode is not None and m.sa_mode not in SA_MODES:
+    raise ValueError(f"sa_mode must be one of {SA_MODES} or None, got {m.sa_mode!r}")
 
-  ``downsample_se``: SE right after the downsampling conv (official code); ``stage_se``: SE after
-  the last block (paper).
+
+def emonext_trunk(m, x: jax.Array, train: bool, depths: Sequence[int], dims: Sequence[int],
+                  what: str) -> Tuple[jax.Array, Dict[str, Any]]:
+  """[STN] -> ConvNeXt with SE -> pooled LayerNorm-ed features -> [self-attention regulariser].
+
+  Call from the ``@nn.compact`` method of ``m`` (EmoNeXt's fields): creates ``stn``, the ConvNeXt
+  layers of ``convnext_trunk`` and ``attention`` in m's scope. Returns (features in the compute
+  dtype, aux = {'features' (float32), 'sa_loss', 'attention' (None without attention)}).
   """
-
-  dim: int
-  drop_path_rates: Tuple[float, ...]
-  downsample: bool = True
-  downsample_se: bool = False
-  stage_se: bool = False
-  se_reduction: int = 16
-  layer_scale_init_value: Optional[float] = 1e-6
-  dtype: Any = None
-  depthwise_impl: str = "auto"
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if self.downsample:
-      x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="downsample_norm")(x)
-      x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                  kernel_init=trunc_normal_init, name="downsample_conv")(x)
-      if self.downsample_se:
-        x = SqueezeExcitation(self.se_reduction, dtype=self.dtype, name="downsample_se")(x)
-    for j, rate in enumerate(self.drop_path_rates):
-      x = ConvNeXtBlock(drop_path_rate=rate, layer_scale_init_value=self.layer_scale_init_value,
-                        dtype=self.dtype, depthwise_impl=self.depthwise_impl,
-                        name=f"block_{j}")(x, train)
-    if self.stage_se:
-      x = SqueezeExcitation(self.se_reduction, dtype=self.dtype, name="stage_se")(x)
-    return x
+  x = prepare_image(x, m.stem_patch_size, len(dims), m.dtype, what)
+  if m.use_stn:
+    x = SpatialTransformer(dtype=m.dtype, name="stn")(x, train)
+  features = convnext_trunk(m, x, train, depths, dims, m.se_placement, m.se_reduction)
+  sa_loss, attention = jnp.zeros((), jnp.float32), None
+  if m.sa_mode is not None:
+    sa_loss, attention = SelfAttentionRegulariser(m.sa_mode, m.sa_norm_epsilon, dtype=m.dtype,
+                                                  name="attention")(features)
+  return features, {"features": features.astype(jnp.float32), "sa_loss": sa_loss,
+                    "attention": attention}
 
 
 class EmoNeXt(nn.Module):
@@ -219,10 +191,7 @@ class EmoNeXt(nn.Module):
 
   def _check_config(self):
     check_convnext_fields(self)
-    if self.se_placement not in SE_PLACEMENTS:
-      raise ValueError(f"se_placement must be one of {SE_PLACEMENTS}, got {self.se_placement!r}")
-    if self.sa_mode is not None and self.sa_mode not in SA_MODES:
-      raise ValueError(f"sa_mode must be one of {SA_MODES} or None, got {self.sa_mode!r}")
+    check_emonext_fields(self)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -235,40 +204,43 @@ class EmoNeXt(nn.Module):
       return_features: return ``(logits, aux)``, aux = {'features', 'sa_loss', 'attention'}.
     """
     self._check_config()
-    if x.ndim != 4:
-      raise ValueError(f"EmoNeXt expects images (B, H, W, C), got shape {x.shape}")
-    p = int(self.stem_patch_size)
-    min_size = p * 2 ** (len(self.dims) - 1)
-    if x.shape[1] < min_size or x.shape[2] < min_size:
-      raise ValueError(f"input spatial size {x.shape[1:3]} is smaller than the {min_size} px this "
-                       f"EmoNeXt needs (stem patch {p}, {len(self.dims) - 1} 2x downsamplings)")
-    x = x.astype(self.dtype) if self.dtype is not None else x
-    if self.use_stn:
-      x = SpatialTransformer(dtype=self.dtype, name="stn")(x, train)
-    x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=trunc_normal_init, name="stem_conv")(x)
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="stem_norm")(x)
-    rates = drop_path_schedule(self.depths, self.drop_path_rate)
-    for i, dim in enumerate(self.dims):
-      x = EmoNeXtStage(dim=dim, drop_path_rates=rates[i], downsample=i > 0,
-                       downsample_se=self.se_placement == "downsample" and i > 0,
-                       stage_se=self.se_placement == "stage", se_reduction=self.se_reduction,
-                       layer_scale_init_value=self.layer_scale_init_value, dtype=self.dtype,
-                       depthwise_impl=self.depthwise_impl, name=f"stage_{i}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    features = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="head_norm")(x)
-    sa_loss, attention = jnp.zeros((), jnp.float32), None
-    if self.sa_mode is not None:
-      sa_loss, attention = SelfAttentionRegulariser(self.sa_mode, self.sa_norm_epsilon,
-                                                    dtype=self.dtype, name="attention")(features)
-    aux = {"features": features.astype(jnp.float32), "sa_loss": sa_loss, "attention": attention}
+    features, aux = emonext_trunk(self, x, train, self.depths, self.dims, "EmoNeXt")
     if self.num_classes == 0:
       return (aux["features"], aux) if return_features else aux["features"]
-    y = nn.Dropout(self.head_dropout_rate, deterministic=not train)(features)
-    head_init = nn.initializers.truncated_normal(stddev=0.02 * self.head_init_scale)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=head_init, name="head")(y)
-    logits = logits.astype(jnp.float32)
+    logits = classifier_head(self, features, train)
     return (logits, aux) if return_features else logits
+
+
+class EmoNeXtBackbone(ConvNeXtBackbone):
+  """EmoNeXt backbone (registered as 'emonext'): images -> {'features', 'sa_loss'[, 'attention']}.
+
+  ``EmoNeXt`` without its classifier: [STN] -> ConvNeXt with SE -> pooled LayerNorm-ed features
+  (B, dims[-1]) float32, plus the self-attention regulariser on them: 'sa_loss' (scalar float32,
+  0.0 when ``sa_mode`` is None) and 'attention' (W; absent when ``sa_mode`` is None). The parameter
+  tree is EmoNeXt's minus ``head``; ``PRETRAINED.get('emonext')`` loads the ConvNeXt part from a
+  timm / official ConvNeXt state dict (STN, SE and attention keep their values).
+
+  Attributes: ``ConvNeXtBackbone``'s (``size`` or ``depths`` + ``dims``, ...; ``se_placement``
+  defaults to the official 'downsample') plus ``use_stn``, ``sa_mode``, ``sa_norm_epsilon`` as in
+  ``EmoNeXt``. With ``use_stn`` a train-mode apply needs ``mutable=['batch_stats']``.
+  """
+
+  se_placement: str = "downsample"
+  use_stn: bool = True
+  sa_mode: Optional[str] = "batch"
+  sa_norm_epsilon: float = SA_NORM_EPS
+
+  @nn.compact
+  def __call__(self, image: jax.Array, *, train: bool = False) -> Dict[str, jax.Array]:
+    depths, dims = self.resolved_size()
+    check_emonext_fields(self)
+    _, aux = emonext_trunk(self, image, train, depths, dims, "EmoNeXt backbone")
+    return {k: v for k, v in aux.items() if v is not None}
+
+
+BACKBONES.register("emonext", EmoNeXtBackbone)
+# Only the ConvNeXt part comes from the checkpoint (the trainer's ``load_init_weights`` does the same).
+PRETRAINED.register("emonext", load_pretrained)
 
 
 def emonext_loss(logits: jax.Array, aux: Dict[str, Any], labels: jax.Array,
@@ -340,18 +312,6 @@ def emonext_param_count(depths: Sequence[int], dims: Sequence[int], num_classes:
   return out
 
 
-# Variants: ConvNeXt sizes (dims, depths as in timm / the official repositories).
-SIZES = {
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
-    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
-    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
-}
 TABLE2_SIZES = ("tiny", "small", "base", "large", "xlarge")
 
 
@@ -394,17 +354,11 @@ def format_param_count_table(rows: Sequence[Dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+# Variants: the ConvNeXt sizes (``fer_jax.models.convnext.SIZES``).
 VARIANTS = {f"emonext_{size}": functools.partial(EmoNeXt, depths=d, dims=c)
             for size, (d, c) in SIZES.items()}
-EmoNeXtAtto = VARIANTS["emonext_atto"]
-EmoNeXtFemto = VARIANTS["emonext_femto"]
-EmoNeXtPico = VARIANTS["emonext_pico"]
-EmoNeXtNano = VARIANTS["emonext_nano"]
-EmoNeXtTiny = VARIANTS["emonext_tiny"]
-EmoNeXtSmall = VARIANTS["emonext_small"]
-EmoNeXtBase = VARIANTS["emonext_base"]
-EmoNeXtLarge = VARIANTS["emonext_large"]
-EmoNeXtXLarge = VARIANTS["emonext_xlarge"]
+(EmoNeXtAtto, EmoNeXtFemto, EmoNeXtPico, EmoNeXtNano, EmoNeXtTiny, EmoNeXtSmall, EmoNeXtBase,
+ EmoNeXtLarge, EmoNeXtXLarge) = VARIANTS.values()
 
 for _name, _variant in VARIANTS.items():
   register(_name, _variant)

@@ -34,11 +34,10 @@ import os
 import re
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-import numpy as np
-
 from fer_jax.layers.spatial_transformer import stn_from_torch_state_dict
-from fer_jax.models.convert import (_flatten, _to_numpy, convnext_from_torch_state_dict,
-                                    infer_convnext_config, load_torch_weights, map_torch_params)
+from fer_jax.models.convert import (check_tree_against, convnext_from_torch_state_dict,
+                                    infer_convnext_config, load_torch_weights, map_state_dict,
+                                    map_torch_params, strip_module_prefix)
 
 Variables = Dict[str, Any]
 
@@ -56,7 +55,7 @@ _EXTRA_STAGE = ("downsample_se", "stage_se")
 
 
 def _strip_module(sd: Mapping[str, Any]) -> Dict[str, Any]:
-  return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+  return {strip_module_prefix(k): v for k, v in sd.items()}
 
 
 def backbone_of(params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -71,53 +70,38 @@ def backbone_of(params: Mapping[str, Any]) -> Dict[str, Any]:
   return out
 
 
+def _map_extra_key(key: str) -> Optional[Tuple[Tuple[str, ...], str, str]]:
+  """``convert.map_state_dict`` key map of the SE and attention tensors; None for other keys."""
+  m = _ATTN.fullmatch(key)
+  if m:
+    layer, leaf = m[1], m[2]
+    kind = "norm" if layer == "norm" else "linear"
+    ours = "bias" if leaf == "bias" else ("scale" if kind == "norm" else "kernel")
+    return ("attention", layer), ours, kind
+  for pattern, name in _SE:
+    m = pattern.fullmatch(key)
+    if m:  # bias-free Linear layers fc.0 / fc.2
+      return (f"stage_{m[1]}", name, "fc1" if m[2] == "0" else "fc2"), "kernel", "linear"
+  return None
+
+
 def _split(sd: Mapping[str, Any]):
-  """Splits an EmoNeXt state dict into (convnext, stn, se, attention) dicts; drops the unused."""
-  convnext, stn, se, attn = {}, {}, {}, {}
+  """Splits an EmoNeXt state dict into (convnext, stn, extras) dicts; drops the unused.
+
+  ``extras`` holds the SE and attention tensors, converted as (params tree, unexpected keys) by
+  ``map_state_dict(extras, _map_extra_key)``.
+  """
+  convnext, stn, extras = {}, {}, {}
   for key, value in sd.items():
     if _DROPPED.fullmatch(key):
       continue
     if _STN.fullmatch(key):
       stn[key] = value
-      continue
-    m = _ATTN.fullmatch(key)
-    if m:
-      attn[key] = (m, value)
-      continue
-    for pattern, name in _SE:
-      m = pattern.fullmatch(key)
-      if m:
-        se[key] = (int(m[1]), name, "fc1" if m[2] == "0" else "fc2", value)
-        break
+    elif _map_extra_key(key) is not None:
+      extras[key] = value
     else:
       convnext[key] = value
-  return convnext, stn, se, attn
-
-
-def _se_params(se: Mapping[str, Tuple[int, str, str, Any]]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for key, (stage, name, fc, value) in se.items():
-    a = _to_numpy(value)
-    if a.ndim != 2:
-      raise ValueError(f"{key}: expected a bias-free Linear weight (out, in), got shape {a.shape}")
-    node = out.setdefault(f"stage_{stage}", {}).setdefault(name, {})
-    if fc in node:
-      raise ValueError(f"{key}: stage_{stage}/{name}/{fc} is set twice (mixed namings?)")
-    node[fc] = {"kernel": np.ascontiguousarray(a.T)}
-  return out
-
-
-def _attention_params(attn) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for key, (m, value) in attn.items():
-    a = _to_numpy(value)
-    layer, leaf = m[1], m[2]
-    want = 1 if (leaf == "bias" or layer == "norm") else 2
-    if a.ndim != want:
-      raise ValueError(f"{key}: expected a {want}-D tensor, got shape {a.shape}")
-    ours = "bias" if leaf == "bias" else ("scale" if layer == "norm" else "kernel")
-    out.setdefault(layer, {})[ours] = np.ascontiguousarray(a.T) if a.ndim == 2 else a
-  return out
+  return convnext, stn, extras
 
 
 def _merge(dst: Dict[str, Any], src: Mapping[str, Any]) -> None:
@@ -128,45 +112,30 @@ def _merge(dst: Dict[str, Any], src: Mapping[str, Any]) -> None:
       dst[k] = v
 
 
-def _check_against(got: Mapping[str, Any], target: Mapping[str, Any], what: str) -> None:
-  got_f, want_f = _flatten(got), _flatten(target)
-  missing = sorted(set(want_f) - set(got_f))
-  extra = sorted(set(got_f) - set(want_f))
-  shaped = sorted(f"{k}: checkpoint {tuple(got_f[k].shape)} vs model {tuple(want_f[k].shape)}"
-                  for k in set(got_f) & set(want_f)
-                  if tuple(got_f[k].shape) != tuple(want_f[k].shape))
-  if missing or extra or shaped:
-    lines = [f"EmoNeXt {what} do not match the model:"]
-    if missing:
-      lines.append(f"  missing (our names): {missing}")
-    if extra:
-      lines.append(f"  in the checkpoint but not in the model (our names): {extra}")
-    if shaped:
-      lines.append(f"  wrong shape (our layout): {shaped}")
-    raise ValueError("\n".join(lines))
-
-
 def infer_emonext_config(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   """EmoNeXt kwargs read off a state dict: the ConvNeXt ones plus use_stn, se_placement,
   se_reduction and sa_mode ('batch' when attention weights exist: the 'feature' reading has the
   same parameters, so it cannot be told apart)."""
   sd = _strip_module(state_dict)
-  convnext, stn, se, attn = _split(sd)
+  convnext, stn, extras = _split(sd)
   params, _ = map_torch_params(convnext)
   config = infer_convnext_config(params)
   if config.pop("in_channels") != 3:
     raise ValueError("EmoNeXt's STN expects 3 input channels")
   config["use_stn"] = bool(stn)
-  names = {name for _, name, _, _ in se.values()}
+  extra, _ = map_state_dict(extras, _map_extra_key)
+  se = {(s, name): node[name] for s, node in extra.items() if s.startswith("stage_")
+        for name in _EXTRA_STAGE if name in node}
+  names = {name for _, name in se}
   if len(names) > 1:
     raise ValueError(f"state dict mixes SE placements: {sorted(names)}")
   config["se_placement"] = {"downsample_se": "downsample", "stage_se": "stage"}.get(
       names.pop() if names else "", "none")
   # hidden = C // r: keep the reductions every SE block agrees with; prefer 16 (the default).
   candidates = None
-  for key, (stage, _, fc, value) in se.items():
-    if fc == "fc1":
-      hidden, c = _to_numpy(value).shape
+  for block in se.values():
+    if "fc1" in block:
+      c, hidden = block["fc1"]["kernel"].shape  # (in, out) = (C, C // r)
       ok = {r for r in range(1, c + 1) if c // r == hidden}
       candidates = ok if candidates is None else candidates & ok
   if candidates is not None and not candidates:
@@ -177,7 +146,7 @@ def infer_emonext_config(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   else:
     pow2 = [r for r in candidates if r & (r - 1) == 0]
     config["se_reduction"] = max(pow2) if pow2 else min(candidates)
-  config["sa_mode"] = "batch" if attn else None
+  config["sa_mode"] = "batch" if "attention" in extra else None
   return config
 
 
@@ -202,7 +171,7 @@ def emonext_from_torch_state_dict(
     ValueError naming every missing, unexpected or mis-shaped tensor.
   """
   sd = _strip_module(state_dict)
-  convnext, stn, se, attn = _split(sd)
+  convnext, stn, extras = _split(sd)
   tparams = None
   if target is not None:
     tparams = dict(target["params"] if "params" in target else target)
@@ -211,20 +180,17 @@ def emonext_from_torch_state_dict(
   params = convnext_from_torch_state_dict(
       convnext, target=backbone_of(tparams) if tparams is not None else None,
       include_head=include_head)
-  params = {k: v for k, v in params.items()}
-  _merge(params, _se_params(se))
-  if attn:
-    params["attention"] = _attention_params(attn)
+  _merge(params, map_state_dict(extras, _map_extra_key)[0])
   variables: Variables = {"params": params}
   if stn:
     stn_vars = stn_from_torch_state_dict(stn, loc_hw=loc_hw)
     params["stn"] = stn_vars["params"]
     variables["batch_stats"] = {"stn": stn_vars["batch_stats"]}
   if tparams is not None:
-    _check_against(params, tparams, "parameters")
+    check_tree_against(params, tparams, "EmoNeXt parameters")
     if "params" in target:  # full variables given: check the STN statistics too.
-      _check_against(variables.get("batch_stats", {}), target.get("batch_stats", {}),
-                     "batch statistics")
+      check_tree_against(variables.get("batch_stats", {}), target.get("batch_stats", {}),
+                         "EmoNeXt batch statistics")
   else:  # internal consistency of the parts the ConvNeXt check does not cover.
     dims = {int(k.split("_")[1]): params[k]["block_0"]["norm"]["scale"].shape[0]
             for k in params if k.startswith("stage_")}

@@ -62,13 +62,13 @@ reduction_b, block_c_{j}}`` with units named after their branch (``b1_3x3``, ...
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fer_jax.registry import register
+from fer_jax.registry import BACKBONES, register
 
 DEFAULT_INPUT_SIZE = 299
 BN_EPSILON = 1e-3
@@ -279,6 +279,12 @@ class ReductionB(_Unit):
 # ----------------------------------------------------------------------------- backbone + models
 
 
+# Depth presets of Hasani & Mahoor's networks: blocks (num_a, num_b, num_c).
+DEPTHS = {"shallow": dict(num_a=1, num_b=1, num_c=1), "deep": dict(num_a=5, num_b=10, num_c=5)}
+SHALLOW_DEPTHS = DEPTHS["shallow"]
+DEEP_DEPTHS = DEPTHS["deep"]
+
+
 class _BackboneConfig(nn.Module):
   """Backbone fields shared by the backbone and the models (see the module docstring)."""
 
@@ -298,11 +304,13 @@ class _BackboneConfig(nn.Module):
   dtype: Any = None
 
   def backbone_kwargs(self) -> Dict[str, Any]:
+    """The ``InceptionResNetV1`` fields of this module."""
     return {f: getattr(self, f) for f in _BACKBONE_FIELDS}
 
   def check_backbone_config(self):
+    kw = self.backbone_kwargs()
     for f in ("num_a", "num_b", "num_c"):
-      v = getattr(self, f)
+      v = kw[f]
       if not isinstance(v, int) or v < 0:
         raise ValueError(f"{f} must be an int >= 0, got {v!r}")
     if not self.width_multiplier > 0:
@@ -338,9 +346,10 @@ class InceptionResNetV1(_BackboneConfig):
   F = 1792 (x width), or 256 + 896 + 1792 with ``multiscale`` (pooled A, B and C stage outputs).
   """
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def _trunk(self, x: jax.Array, train: bool) -> jax.Array:
+    """The layers, built in this module's scope (call from its ``@nn.compact`` method)."""
     self.check_backbone_config()
+    kw = self.backbone_kwargs()
     if x.ndim != 4:
       raise ValueError(f"Inception-ResNet expects images (B, H, W, C), got shape {x.shape}")
     _check_input_size(x.shape[1:3], self.padding)
@@ -348,21 +357,113 @@ class InceptionResNetV1(_BackboneConfig):
                   bn_epsilon=self.bn_epsilon, dtype=self.dtype)
     x = x.astype(self.dtype) if self.dtype is not None else x
     x = Stem(**common, name="stem")(x, train)
-    for j in range(self.num_a):
+    for j in range(kw["num_a"]):
       x = InceptionResNetA(**common, scale=self.scale_a, name=f"block_a_{j}")(x, train)
     stage_a = x
     x = ReductionA(**common, klmn=tuple(self.reduction_a), name="reduction_a")(x, train)
-    for j in range(self.num_b):
+    for j in range(kw["num_b"]):
       x = InceptionResNetB(**common, scale=self.scale_b, name=f"block_b_{j}")(x, train)
     stage_b = x
     x = ReductionB(**common, name="reduction_b")(x, train)
-    for j in range(self.num_c):
-      last = j == self.num_c - 1
+    for j in range(kw["num_c"]):
+      last = j == kw["num_c"] - 1
       x = InceptionResNetC(**common, scale=self.scale_c,
                            activate=self.last_block_relu or not last, name=f"block_c_{j}")(x, train)
     stages = (stage_a, stage_b, x) if self.multiscale else (x,)
     pooled = [jnp.mean(s.astype(jnp.float32), axis=(1, 2)) for s in stages]
     return jnp.concatenate(pooled, axis=-1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self._trunk(x, train)
+
+
+class InceptionResNetBackbone(InceptionResNetV1):
+  """Registered backbone 'inception_resnet': images (B, H, W, C) -> {'features': (B, F) float32}.
+
+  The ``InceptionResNetV1`` trunk with its flat parameter tree (stem, block_a_{j}, reduction_a,
+  ...: the ``backbone`` subtree of the ``inception_resnet_shallow`` / ``_deep`` models).
+  ``depth`` ('shallow' = 1/1/1, 'deep' = 5/10/5 A/B/C blocks) sets ``num_a``, ``num_b`` and
+  ``num_c`` that are not given; the other fields are ``InceptionResNetV1``'s. BN statistics live in
+  'batch_stats' (a train-mode apply needs ``mutable=['batch_stats']``).
+  """
+
+  input_names: ClassVar[Tuple[str, ...]] = ("image",)
+
+  depth: str = "deep"
+  num_a: Optional[int] = None
+  num_b: Optional[int] = None
+  num_c: Optional[int] = None
+
+  def backbone_kwargs(self) -> Dict[str, Any]:
+    if self.depth not in DEPTHS:
+      raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {self.depth!r}")
+    kw = super().backbone_kwargs()
+    return {**kw, **{k: v for k, v in DEPTHS[self.depth].items() if kw[k] is None}}
+
+  @nn.compact
+  def __call__(self, image: jax.Array, *, train: bool = False) -> Dict[str, jax.Array]:
+    return {"features": self._trunk(image, train)}
+
+
+def lstm_clip_features(m, x: jax.Array, train: bool, what: str) -> jax.Array:
+  """Clips (B, T, H, W, C) -> frame trunk on all B * T frames -> LSTM layers -> (B, T, H').
+
+  Call from the ``@nn.compact`` method of ``m`` (fields: the backbone ones via
+  ``m.backbone_kwargs()``, lstm_hidden, lstm_layers, bidirectional, num_frames, dtype); creates
+  ``backbone`` (an ``InceptionResNetV1``) and ``lstm_{i}`` (or ``lstm_{i}_forward`` /
+  ``lstm_{i}_backward``) in m's scope. Returns the LSTM outputs in the compute dtype.
+  """
+  if not isinstance(m.lstm_hidden, int) or m.lstm_hidden < 1:
+    raise ValueError(f"lstm_hidden must be an int >= 1, got {m.lstm_hidden!r}")
+  if not isinstance(m.lstm_layers, int) or m.lstm_layers < 1:
+    raise ValueError(f"lstm_layers must be an int >= 1, got {m.lstm_layers!r}")
+  if x.ndim != 5:
+    raise ValueError(f"{what} expects clips (B, T, H, W, C), got shape {x.shape}")
+  b, t = x.shape[:2]
+  if m.num_frames is not None and t != m.num_frames:
+    raise ValueError(f"clips must have num_frames={m.num_frames} frames, got T={t} "
+                     f"(shape {x.shape})")
+  feats = InceptionResNetV1(**m.backbone_kwargs(), name="backbone")(
+      x.reshape((b * t,) + x.shape[2:]), train)
+  h = feats.reshape(b, t, -1)
+  h = h if m.dtype is None else h.astype(m.dtype)
+  for i in range(m.lstm_layers):
+    cell = lambda name: nn.OptimizedLSTMCell(  # noqa: E731
+        m.lstm_hidden, dtype=m.dtype, kernel_init=lecun_init, name=name)
+    if m.bidirectional:
+      h = nn.Bidirectional(nn.RNN(cell(f"lstm_{i}_forward")),
+                           nn.RNN(cell(f"lstm_{i}_backward")))(h)
+    else:
+      h = nn.RNN(cell(f"lstm_{i}"))(h)
+  return h
+
+
+class InceptionResNetLSTMBackbone(InceptionResNetBackbone):
+  """Registered backbone 'inception_resnet_lstm': clips (B, T, H, W, C) -> {'features': (B, T, H')}.
+
+  Per-frame Inception-ResNet features -> ``lstm_layers`` LSTM layers (the LSTM of
+  ``InceptionResNetLSTM``; H' = lstm_hidden, doubled when ``bidirectional``), float32. Parameter
+  tree: ``InceptionResNetLSTM``'s minus ``head`` (``backbone`` = the frame trunk, ``lstm_{i}``).
+  ``depth`` defaults to 'shallow', as the registered 'inception_resnet_lstm' model.
+  """
+
+  input_names: ClassVar[Tuple[str, ...]] = ("frames",)
+
+  depth: str = "shallow"
+  lstm_hidden: int = 512
+  lstm_layers: int = 1
+  bidirectional: bool = False
+  num_frames: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, *, train: bool = False) -> Dict[str, jax.Array]:
+    h = lstm_clip_features(self, frames, train, "the inception_resnet_lstm backbone")
+    return {"features": h.astype(jnp.float32)}
+
+
+BACKBONES.register("inception_resnet", InceptionResNetBackbone)
+BACKBONES.register("inception_resnet_lstm", InceptionResNetLSTMBackbone)
 
 
 def _check_head(num_outputs, dropout_rate):
@@ -430,28 +531,7 @@ class InceptionResNetLSTM(_BackboneConfig):
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
     """Returns (B, T, num_outputs), or ``(outputs, LSTM outputs (B, T, H'))``."""
     _check_head(self.num_outputs, self.dropout_rate)
-    if not isinstance(self.lstm_hidden, int) or self.lstm_hidden < 1:
-      raise ValueError(f"lstm_hidden must be an int >= 1, got {self.lstm_hidden!r}")
-    if not isinstance(self.lstm_layers, int) or self.lstm_layers < 1:
-      raise ValueError(f"lstm_layers must be an int >= 1, got {self.lstm_layers!r}")
-    if x.ndim != 5:
-      raise ValueError(f"InceptionResNetLSTM expects clips (B, T, H, W, C), got shape {x.shape}")
-    b, t = x.shape[:2]
-    if self.num_frames is not None and t != self.num_frames:
-      raise ValueError(f"clips must have num_frames={self.num_frames} frames, got T={t} "
-                       f"(shape {x.shape})")
-    feats = InceptionResNetV1(**self.backbone_kwargs(), name="backbone")(
-        x.reshape((b * t,) + x.shape[2:]), train)
-    h = feats.reshape(b, t, -1)
-    h = h if self.dtype is None else h.astype(self.dtype)
-    for i in range(self.lstm_layers):
-      cell = lambda name: nn.OptimizedLSTMCell(  # noqa: E731
-          self.lstm_hidden, dtype=self.dtype, kernel_init=lecun_init, name=name)
-      if self.bidirectional:
-        h = nn.Bidirectional(nn.RNN(cell(f"lstm_{i}_forward")),
-                             nn.RNN(cell(f"lstm_{i}_backward")))(h)
-      else:
-        h = nn.RNN(cell(f"lstm_{i}"))(h)
+    h = lstm_clip_features(self, x, train, "InceptionResNetLSTM")
     lstm_out = h.astype(jnp.float32)
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     y = nn.Dense(self.num_outputs, dtype=self.dtype, kernel_init=lecun_init, name="head")(y)
@@ -461,35 +541,29 @@ class InceptionResNetLSTM(_BackboneConfig):
 
 # ----------------------------------------------------------------------------- registry
 
-SHALLOW_DEPTHS = dict(num_a=1, num_b=1, num_c=1)
-DEEP_DEPTHS = dict(num_a=5, num_b=10, num_c=5)
 
-
-def _outputs_kwarg(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-  """Accepts the registry-wide ``num_classes`` as an alias of ``num_outputs``."""
-  kwargs = dict(kwargs)
+def _whole_model(name: str, cls, depth: str, kwargs: Dict[str, Any]):
+  """``cls`` with the ``depth`` preset and ``kwargs``; refuses the classifier-style ``num_classes``."""
   if "num_classes" in kwargs:
-    n = kwargs.pop("num_classes")
-    if "num_outputs" in kwargs and kwargs["num_outputs"] != n:
-      raise ValueError(f"num_classes={n!r} and num_outputs={kwargs['num_outputs']!r} disagree; "
-                       "pass one of them")
-    kwargs["num_outputs"] = n
-  return kwargs
+    raise TypeError(
+        f"{name} takes num_outputs (regression outputs per image or frame; 2 = valence, arousal), "
+        f"not num_classes={kwargs['num_classes']!r}: pass num_outputs={kwargs['num_classes']!r}")
+  return cls(**{**DEPTHS[depth], **kwargs})
 
 
 @register("inception_resnet_shallow")
 def inception_resnet_shallow(**kwargs) -> InceptionResNetVA:
   """Shallow Inception-ResNet: stem, 1 A, Reduction-A, 1 B, Reduction-B, 1 C, tanh head (2)."""
-  return InceptionResNetVA(**{**SHALLOW_DEPTHS, **_outputs_kwarg(kwargs)})
+  return _whole_model("inception_resnet_shallow", InceptionResNetVA, "shallow", kwargs)
 
 
 @register("inception_resnet_deep")
 def inception_resnet_deep(**kwargs) -> InceptionResNetVA:
   """Deep Inception-ResNet: Inception-ResNet-v1 depths (5 A, 10 B, 5 C), tanh head (2)."""
-  return InceptionResNetVA(**{**DEEP_DEPTHS, **_outputs_kwarg(kwargs)})
+  return _whole_model("inception_resnet_deep", InceptionResNetVA, "deep", kwargs)
 
 
 @register("inception_resnet_lstm")
 def inception_resnet_lstm(**kwargs) -> InceptionResNetLSTM:
   """Inception-ResNet with LSTMs: shallow frame backbone -> LSTM(512) -> per-frame tanh head (2)."""
-  return InceptionResNetLSTM(**{**SHALLOW_DEPTHS, **_outputs_kwarg(kwargs)})
+  return _whole_model("inception_resnet_lstm", InceptionResNetLSTM, "shallow", kwargs)

@@ -133,3 +133,26 @@ def va_timeseries_figure(videos: Dict[str, Dict[str, np.ndarray]], names: Sequen
 
 def save_va_timeseries(videos, path: str, names=("valence", "arousal"), title: str = "") -> np.ndarray:
   return _save(figure_to_array(va_timeseries_figure(videos, names, title)), path)
+
+
+def bars_figure(series: Dict[str, np.ndarray], names: Sequence[str], title: str = ""):
+  """One panel per named series of per-item values (e.g. per-AU CC / AP / MAE)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n = len(names)
+  fig, axes = plt.subplots(len(series), 1, figsize=(max(6.0, 0.45 * n + 1.5), 2.2 * len(series)), dpi=100,
+                           squeeze=False)
+  for ax, (label, values) in zip(axes[:, 0], series.items()):
+    v = np.nan_to_num(np.asarray(values, np.float64))
+    ax.bar(range(n), v, color="tab:blue")
+    ax.set_ylabel(label)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+  axes[0, 0].set_title(title, fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def save_bars(series: Dict[str, np.ndarray], names: Sequence[str], path: str, title: str = "") -> np.ndarray:
+  return _save(figure_to_array(bars_figure(series, names, title)), path)

@@ -3,6 +3,11 @@
 Reads top to bottom as big_vision's train.py does: mesh -> input -> model and optimizer (shapes with
 ``jax.eval_shape``) -> shardings -> update step (``jax.jit``, donated state, explicit out shardings) ->
 checkpoint (Orbax, train state + grain iterator) -> evaluators -> loop.
+
+Nothing here knows a paper: the task (``config.task``, ``fer_jax.registry.TASKS``) declares fields,
+model call and loss terms; the model is a registered backbone + head; evaluators come from
+``config.evals``; the sampler from ``config.input.sampler``. No TensorFlow is imported (TensorBoard
+events through ``fer_jax.train.summary``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
 
-from fer_jax import registry
+from fer_jax import evaluators, registry
 from fer_jax.data import pipeline, sources
-from fer_jax.train import classification_task, optim, sharding
-# Re-exported: the classification loss and the preprocessing used by every task.
-from fer_jax.train.classification_task import cross_entropy  # noqa: F401
-from fer_jax.train.preprocess import input_shape, preprocess_images  # noqa: F401
+from fer_jax.models import composite
+from fer_jax.train import optim, sharding, summary
 
 
 @flax.struct.dataclass
@@ -63,48 +65,51 @@ def quiet_library_logs() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Model, inputs, steps.
+# Task, model, steps.
 # ----------------------------------------------------------------------------------------------------
 
-def create_model(config: ml_collections.ConfigDict):
-  kwargs = dict(config.get("model", {}))
-  if config.get("compute_dtype", "float32") != "float32":
-    kwargs["dtype"] = jnp.dtype(config.compute_dtype)
-  return registry.get_model(config.model_name, **kwargs)
-
-
 def get_task(config: ml_collections.ConfigDict):
-  """The task object of ``config.task``: 'classification' (default) or 'affect'."""
-  name = config.get("task", "classification")
-  if name == "classification":
-    return classification_task.ClassificationTask(config)
-  if name == "affect":
-    from fer_jax.train import affect_task
-    return affect_task.AffectTask(config)
-  raise ValueError(f"config.task={name!r}; expected 'classification' or 'affect'")
+  """The registered task ``config.task`` (``fer_jax.registry.TASKS``), built from the config."""
+  return registry.TASKS.get(config.get("task", "classification"))(config)
 
 
-def _apply(model, params, model_state, x, train, rng, **kwargs):
+def create_model(config: ml_collections.ConfigDict):
+  """``config.model`` = dict(backbone=dict(name=...), head=dict(name=...)) -> ``composite.Model``."""
+  dtype = None
+  if config.get("compute_dtype", "float32") != "float32":
+    dtype = jnp.dtype(config.compute_dtype)
+  return composite.build_model(config.model, dtype)
+
+
+def make_apply_fn(model, task, params, model_state, train: bool, rng=None):
+  """``fn(preprocessed batch) -> outputs``; in train mode also collects updated non-param collections.
+
+  Returns (fn, get_new_model_state)."""
   variables = {"params": params, **model_state}
-  if train and model_state:
-    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state),
-                       **kwargs)
-  out = model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None, **kwargs)
-  return out, model_state
+  new_state = {}
+
+  def fn(batch):
+    inputs = task.model_inputs(batch, model.input_names)
+    if train and model_state:
+      out, updates = model.apply(variables, train=True, rngs={"dropout": rng}, mutable=list(model_state),
+                                 **inputs)
+      new_state.update(updates)
+      return out
+    return model.apply(variables, train=train, rngs={"dropout": rng} if train else None, **inputs)
+
+  return fn, lambda: (dict(new_state) if new_state else model_state)
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               config, task=None) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimizer step. A non-finite loss or gradient leaves the state untouched (``finite`` = 0)."""
-  task = task or get_task(config)
+               config, task) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer step of ``task``'s loss. A non-finite loss or gradient leaves the state untouched
+  (``finite`` = 0)."""
   step_rng = jax.random.fold_in(rng, state.step)
-  x = task.model_input(batch)
 
   def loss_fn(params):
-    outputs, new_model_state = _apply(model, params, state.model_state, x, True, step_rng,
-                                      **task.train_apply_kwargs)
-    loss, task_metrics = task.loss(outputs, batch)
-    return loss, (task_metrics, new_model_state)
+    apply_fn, new_model_state = make_apply_fn(model, task, params, state.model_state, True, step_rng)
+    loss, task_metrics = task.train_step_outputs(apply_fn, batch)
+    return loss, (task_metrics, new_model_state())
 
   (loss, (task_metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -124,18 +129,21 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, **task_metrics}
 
 
-def eval_step(params, model_state, batch, *, model, config, task=None) -> Dict[str, jax.Array]:
-  """The task's evaluation outputs for one batch (inference mode)."""
+def eval_step(params, model_state, batch, *, model, task) -> Dict[str, jax.Array]:
+  """The task's ``predict`` outputs for one batch (inference mode), handed to the evaluators."""
+  apply_fn, _ = make_apply_fn(model, task, params, model_state, False)
+  return task.predict(apply_fn, batch)
+
+
+def create_train_state(config, model, tx, rng, mesh, task=None, source=None) -> Tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings (shapes first via ``jax.eval_shape``).
+
+  Input shapes come from the first record of ``source`` when given, else from the config."""
   task = task or get_task(config)
-  return task.eval_step(lambda x: _apply(model, params, model_state, x, False, None)[0], batch)
-
-
-def create_train_state(config, model, tx, rng, mesh) -> Tuple[TrainState, Any]:
-  """Initialises the state directly into its shardings (shapes first via ``jax.eval_shape``)."""
-  dummy = get_task(config).init_input()
+  dummy = task.example_batch(model.input_names, source)
 
   def init(rng):
-    variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
+    variables = model.init({"params": rng, "dropout": rng}, train=False, **dummy)
     variables = dict(variables)
     params = variables.pop("params")
     ema = jax.tree.map(jnp.copy, params) if config.ema.get("decay", 0.0) else {}
@@ -149,30 +157,31 @@ def create_train_state(config, model, tx, rng, mesh) -> Tuple[TrainState, Any]:
 
 
 def load_init_weights(state: TrainState, config, shardings) -> TrainState:
-  """Replaces the backbone of a fresh state with pretrained ConvNeXt weights (``config.init_weights``).
+  """Replaces the backbone of a fresh state with pretrained weights (``config.init_weights``).
 
-  timm or official ConvNeXt checkpoints (``.safetensors`` or a torch file read with
-  ``weights_only=True``; nothing is unpickled) go into ConvNeXt / EmoNeXt models; STN, SE, attention
-  and (unless ``init_weights_include_head``) the head keep their fresh initialisation, as EmoNeXt's
-  official code does. The EMA copy starts from the loaded weights.
+  The importer is the backbone's entry in ``fer_jax.registry.PRETRAINED`` (timm / official ConvNeXt
+  checkpoints for the ConvNeXt and EmoNeXt backbones); ``.safetensors`` or a torch file read with
+  ``weights_only=True`` (nothing is unpickled). The head keeps its fresh initialisation; the EMA copy
+  starts from the loaded weights.
   """
   path = config.get("init_weights")
   if not path:
     return state
-  if not config.model_name.startswith(("convnext", "emonext")):
-    raise ValueError(f"config.init_weights is supported for ConvNeXt / EmoNeXt models, not "
-                     f"{config.model_name!r}")
+  name = config.model.backbone.name
+  if name not in registry.PRETRAINED:
+    raise ValueError(f"config.init_weights is given but backbone {name!r} has no pretrained-weight "
+                     f"importer; backbones with one: {registry.PRETRAINED.names()}")
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.init_weights={path!r} does not exist")
-  from fer_jax.models import convert, emonext_convert
+  from fer_jax.models import convert
   params = jax.device_get(state.params)
-  new = emonext_convert.load_convnext_backbone(
-      params, convert.load_torch_weights(path),
-      include_head=bool(config.get("init_weights_include_head", False)))
+  backbone = registry.PRETRAINED.get(name)(params["backbone"], convert.load_torch_weights(path))
+  new = dict(params)
+  new["backbone"] = backbone
   new = jax.tree.map(lambda old, v: np.asarray(v, dtype=old.dtype), params, new)
   new = jax.device_put(new, shardings.params)
   ema = jax.tree.map(jnp.copy, new) if config.ema.get("decay", 0.0) else state.ema_params
-  logging.info("Initialised the %s backbone from %s.", config.model_name, path)
+  logging.info("Initialised the %s backbone from %s.", name, path)
   return state.replace(params=new, ema_params=ema)
 
 
@@ -218,16 +227,14 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, train_
 
 
 # ----------------------------------------------------------------------------------------------------
-# Evaluation.
+# Input, evaluators, the experiment.
 # ----------------------------------------------------------------------------------------------------
 
 def _global_batch(batch: Dict[str, np.ndarray], batch_sharding) -> Dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+  """Host batch -> global arrays (host-only fields such as strings stay behind)."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
+          if np.asarray(v).dtype.kind in "biuf"}
 
-
-# ----------------------------------------------------------------------------------------------------
-# The loop.
-# ----------------------------------------------------------------------------------------------------
 
 def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -244,11 +251,27 @@ def _num_train_steps(config, num_examples: int) -> int:
   raise ValueError("Set config.num_train_steps or config.num_epochs")
 
 
+def _check_batch_sizes(config) -> None:
+  n_dev = jax.device_count()
+  for name in ("batch_size", "eval_batch_size"):
+    bs = config.input[name]
+    if not isinstance(bs, int) or bs < 1:
+      raise ValueError(f"config.input.{name}={bs!r}; expected a positive integer")
+    if bs % n_dev:
+      raise ValueError(f"config.input.{name}={bs} is not divisible by the {n_dev} devices")
+
+
+def _split_name(split: str) -> str:
+  """'validation[:64]' -> 'validation' (TFDS slicing syntax)."""
+  return split.split("[")[0]
+
+
 class Experiment:
-  """Everything built from a config once: mesh, data, model, optimizer, jitted steps."""
+  """Everything built from a config once: mesh, data, task, model, evaluators, jitted steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
+    _check_batch_sizes(config)
     self.mesh = sharding.create_mesh(config.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     ds = config.dataset
@@ -257,17 +280,22 @@ class Experiment:
     self.builder = sources.get_builder(ds.name, data_dir=ds.get("data_dir"),
                                        manual_dir=ds.get("manual_dir"))
     self.task = get_task(config)
-    self.task.set_names_from_builder(self.builder)
+    self.task.bind(self.builder)
     self.aug = pipeline.aug_from_config(config.input)
-    n_dev = jax.device_count()
-    for name in ("batch_size", "eval_batch_size"):
-      bs = config.input[name]
-      if bs % n_dev:
-        raise ValueError(f"config.input.{name}={bs} is not divisible by the {n_dev} devices")
     self.model = create_model(config)
+    self.task.bind_model(self.model.input_names)
+    self.evaluators = []
+    for spec, evaluator in evaluators.build_evaluators(self.task, config.get("evals") or {}):
+      if spec.optional and _split_name(spec.split) not in self.builder.info.splits:
+        logging.warning("Dataset %s has no split %r; skipping evaluator %r.", ds.name, spec.split, spec.name)
+        continue
+      self.source(spec.split)  # an unknown split fails now, not after training
+      self.evaluators.append((spec, evaluator))
+    sampler_config = dict(config.input.get("sampler") or {"name": "uniform"})
+    self.sampler = registry.SAMPLERS.build(sampler_config.pop("name"), **sampler_config)
 
   def source(self, split: str):
-    if split not in self.builder.info.splits:
+    if _split_name(split) not in self.builder.info.splits:
       raise ValueError(f"Dataset {self.config.dataset.name!r} has no split {split!r}; "
                        f"it has {sorted(self.builder.info.splits)}")
     return self.builder.as_data_source(split=split)
@@ -281,21 +309,38 @@ class Experiment:
 
   def train_dataset(self, source):
     c = self.config
+    labels = None
+    if getattr(self.sampler, "needs_labels", False):
+      from fer_jax.data import samplers
+      if not self.task.label_field:
+        raise ValueError(f"config.input.sampler={dict(c.input.sampler)} needs class labels; task "
+                         f"{self.task.name!r} has none")
+      labels = samplers.read_labels(source, self.task.fields()[self.task.label_field].key)
     return self.task.train_dataset(
         source, self.aug, batch_size=c.input.batch_size // jax.process_count(), seed=c.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=c.input.get("num_threads", 2), prefetch=c.input.get("prefetch", 4))
-
-  def evaluate(self, jit_eval_step, params, model_state, dataset) -> Dict[str, Any]:
-    return self.task.evaluate(jit_eval_step, params, model_state, dataset,
-                              lambda batch: _global_batch(batch, self.batch_sharding))
+        num_threads=c.input.get("num_threads", 2), prefetch=c.input.get("prefetch", 4),
+        sampler=self.sampler, labels=labels)
 
   def jit_eval_step(self, state_shardings):
     replicated = sharding.replicated(self.mesh)
-    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config, task=self.task),
-                   in_shardings=(state_shardings.params, state_shardings.model_state,
-                                 self.batch_sharding),
+    step = jax.jit(functools.partial(eval_step, model=self.model, task=self.task),
+                   in_shardings=(state_shardings.params, state_shardings.model_state, self.batch_sharding),
                    out_shardings=replicated)
+    return step
+
+  def predict_fn(self, jit_eval_step, params, model_state):
+    """host batch -> host outputs of the task's ``predict`` on the global batch."""
+    def fn(batch):
+      return jax.device_get(jit_eval_step(params, model_state, _global_batch(batch, self.batch_sharding)))
+    return fn
+
+  def run_eval(self, spec, evaluator, predict_fn, writer, step: int, plot: bool, datasets) -> Dict[str, Any]:
+    if spec.split not in datasets:
+      datasets[spec.split] = self.eval_dataset(spec.split)
+    result = evaluator.run(predict_fn, datasets[spec.split])
+    evaluator.write(writer, self.workdir, spec.name, step, result, plot=plot)
+    return result
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -305,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   exp = Experiment(config, workdir)
   c = config
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  writer = summary.create_writer(workdir, just_logging=not is_main)
 
   # Input.
   train_source = exp.source(c.dataset.train_split)
@@ -317,11 +362,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   tx = optim.create_optimizer(c, schedule)
   rng = jax.random.key(c.seed)
   init_rng, dropout_rng = jax.random.split(rng)
-  state, state_shardings = create_train_state(c, exp.model, tx, init_rng, exp.mesh)
+  state, state_shardings = create_train_state(c, exp.model, tx, init_rng, exp.mesh, exp.task, train_source)
   state = load_init_weights(state, c, state_shardings)
   n_params = param_count(state.params)
-  logging.info("Model %s: %s parameters; mesh %s; %d train steps of global batch %d.",
-               c.model_name, f"{n_params:,}", dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
+  logging.info("Task %s, model %s + %s: %s parameters; mesh %s; %d train steps of global batch %d.",
+               exp.task.name, c.model.backbone.name, c.model.head.name, f"{n_params:,}",
+               dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
 
   # Checkpoint: resume automatically.
   manager = create_checkpoint_manager(workdir, c)
@@ -331,19 +377,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info("Resumed from %s at step %d.", manager.directory, start_step)
 
   p_train_step = jax.jit(
-      functools.partial(train_step, model=exp.model, tx=tx, config=c),
+      functools.partial(train_step, model=exp.model, tx=tx, config=c, task=exp.task),
       in_shardings=(state_shardings, exp.batch_sharding, None),
       out_shardings=(state_shardings, sharding.replicated(exp.mesh)), donate_argnums=(0,))
   p_eval_step = exp.jit_eval_step(state_shardings)
 
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in c.items()})
-  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                           every_steps=c.get("log_every_steps", 50))
-  eval_split = c.dataset.get("eval_split")
-  eval_ds = exp.eval_dataset(eval_split) if eval_split else None
+  eval_datasets: Dict[str, Any] = {}
   log_every = c.get("log_every_steps", 50)
-  eval_every = c.get("eval_every_steps", 0)
   time_limit = c.get("train_time_limit_minutes", 0) * 60
   t_start = time.time()
   t_log, step_log = t_start, start_step
@@ -362,7 +404,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           "config.optimizer.grad_clip_norm.")
     step += 1
     history.append(metrics)
-    report(step)
     if step % log_every == 0 or step == num_train_steps:
       host = jax.device_get(history)
       history = []
@@ -372,6 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       keys = ("grad_norm",) + tuple(exp.task.train_log_keys)
       scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in keys}
       scalars["train/lr"] = float(schedule(step))
+      scalars["train/steps_per_s"] = steps_per_s
       scalars["train/images_per_s"] = steps_per_s * c.input.batch_size * exp.task.images_per_example
       writer.write_scalars(step, scalars)
       loss_log.append((step, scalars["train/loss"]))
@@ -380,10 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s %.0f img/s | ETA %s",
                    step, num_train_steps, shown, scalars["train/lr"], steps_per_s,
                    scalars["train/images_per_s"], _format_duration(eta))
-    if eval_ds is not None and eval_every and step % eval_every == 0 and step < num_train_steps:
-      result = exp.evaluate(p_eval_step, state.params, state.model_state, eval_ds)
-      exp.task.write(writer, workdir, eval_split, step, result, plot=False)
-      logging.info("eval %s at step %d: %s", eval_split, step, exp.task.summary(result))
+    for spec, evaluator in exp.evaluators:
+      if spec.every_steps and step % spec.every_steps == 0 and step < num_train_steps:
+        predict = exp.predict_fn(p_eval_step, state.params, state.model_state)
+        result = exp.run_eval(spec, evaluator, predict, writer, step, False, eval_datasets)
+        logging.info("eval %s (%s) at step %d: %s", spec.name, spec.split, step, evaluator.summary(result))
     out_of_time = time_limit and time.time() - t_start > time_limit
     preempted = manager.reached_preemption(step)
     force = step == num_train_steps or out_of_time or preempted
@@ -404,18 +447,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   # Final evaluation (EMA weights when configured).
   results: Dict[str, Any] = {"step": int(step), "num_train_steps": num_train_steps,
                              "train_seconds_this_run": train_seconds, "param_count": n_params,
-                             "model_name": c.model_name, "dataset": c.dataset.name,
+                             "task": exp.task.name, "backbone": c.model.backbone.name,
+                             "head": c.model.head.name, "dataset": c.dataset.name,
                              "train_loss_log": loss_log}
-  params = state.ema_params if (c.ema.get("decay", 0.0) and c.ema.get("eval_with_ema", True)) else state.params
-  for split in [s for s in (eval_split, c.dataset.get("test_split")) if s]:
-    if split not in exp.builder.info.splits:
-      logging.warning("Split %r not in %s; skipping its evaluation.", split, c.dataset.name)
+  predict = exp.predict_fn(p_eval_step, _eval_params(state, c), state.model_state)
+  for spec, evaluator in exp.evaluators:
+    if not spec.final:
       continue
-    ds = eval_ds if split == eval_split else exp.eval_dataset(split)
-    result = exp.evaluate(p_eval_step, params, state.model_state, ds)
-    exp.task.write(writer, workdir, split, step, result, plot=True)
-    results[split] = exp.task.to_json(result)
-    logging.info("Final %s (step %d):\n%s", split, step, exp.task.report(result))
+    result = exp.run_eval(spec, evaluator, predict, writer, step, True, eval_datasets)
+    results[spec.name] = {"split": spec.split, "type": spec.type, **evaluator.to_json(result)}
+    logging.info("Final %s on %s (step %d):\n%s", spec.name, spec.split, step, evaluator.report(result))
   writer.flush()
   if is_main:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -424,27 +465,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   return results
 
 
+def _eval_params(state: TrainState, config):
+  use_ema = config.ema.get("decay", 0.0) and config.ema.get("eval_with_ema", True)
+  return state.ema_params if use_ema else state.params
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: Optional[str] = None, step: Optional[int] = None) -> Dict[str, Any]:
-  """Evaluates the latest (or given) checkpoint in ``workdir`` on ``split``; writes metrics JSON/PNG."""
+  """Runs the evaluators of ``config.evals`` (those on ``split``, when given) on the latest (or given)
+  checkpoint in ``workdir``; writes metrics_eval_<split>.json and the PNGs."""
   exp = Experiment(config, workdir)
-  split = split or config.dataset.eval_split
+  chosen = [(s, e) for s, e in exp.evaluators if split is None or s.split == split]
+  if not chosen:
+    if split is None or not exp.task.default_evaluator:
+      raise ValueError(f"config.evals has no evaluator{'' if split is None else ' on split ' + repr(split)}; "
+                       f"it has {[(s.name, s.split) for s, _ in exp.evaluators]}")
+    exp.source(split)
+    spec = evaluators.base.EvalSpec(name=split, type=exp.task.default_evaluator, split=split)
+    chosen = [(spec, registry.EVALUATORS.get(spec.type)(exp.task, spec.name))]
   tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
-  state, state_shardings = create_train_state(config, exp.model, tx, jax.random.key(0), exp.mesh)
+  state, state_shardings = create_train_state(config, exp.model, tx, jax.random.key(0), exp.mesh, exp.task,
+                                              exp.source(chosen[0][0].split))
   manager = create_checkpoint_manager(workdir, config)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first (fer-jax train ...)")
   state, step = restore_checkpoint(manager, state, None, step)
-  params = state.ema_params if (config.ema.get("decay", 0.0) and config.ema.get("eval_with_ema", True)) else state.params
-  result = exp.evaluate(exp.jit_eval_step(state_shardings), params, state.model_state,
-                        exp.eval_dataset(split))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  exp.task.write(writer, workdir, split, step, result, plot=True)
+  predict = exp.predict_fn(exp.jit_eval_step(state_shardings), _eval_params(state, config), state.model_state)
+  writer = summary.create_writer(workdir, just_logging=jax.process_index() > 0)
+  out: Dict[str, Any] = {"step": int(step)}
+  datasets: Dict[str, Any] = {}
+  for spec, evaluator in chosen:
+    result = exp.run_eval(spec, evaluator, predict, writer, step, True, datasets)
+    out[spec.name] = {"split": spec.split, "type": spec.type, **evaluator.to_json(result)}
+    logging.info("Evaluation %s of step %d on %s:\n%s", spec.name, step, spec.split, evaluator.report(result))
   writer.flush()
-  out = {"step": int(step), split: exp.task.to_json(result)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"metrics_eval_{split}.json"), "w") as f:
+    name = split or "all"
+    with open(os.path.join(workdir, f"metrics_eval_{name}.json"), "w") as f:
       json.dump(out, f, indent=2)
-  logging.info("Evaluation of step %d on %s:\n%s", step, split, exp.task.report(result))
   manager.close()
   return out

@@ -36,6 +36,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+# Window starts: 0, hop, 2 hop, ... up to the first window that reaches the
+# clip's last frame (padded, frame_mask False, where it runs past it).
+from tfds_builders.clip_windows import clip_starts as window_starts
+
 NUM_LANDMARKS = 68
 LABEL_RANGE = (-10, 10)  # Integer valence / arousal annotations.
 LABEL_SCALE = 10.0  # Stored labels are annotation / 10, in [-1, 1].
@@ -387,27 +391,6 @@ def decode_png(data: bytes, *, path='<bytes>') -> np.ndarray:
 
 
 # ------------------------------------------------------- windows, splits ----
-
-
-def window_starts(num_frames: int, clip_length: int, hop: int) -> list[int]:
-  """Starts of the fixed-length windows covering frames 0..num_frames - 1.
-
-  Windows start every `hop` frames while a full window fits; one more window
-  (padded, frame_mask False) is added when frames would be left over, so every
-  frame is in at least one window (exactly one when hop == clip_length). A
-  clip shorter than `clip_length` gives one padded window.
-  """
-  if not 1 <= hop <= clip_length:
-    raise ValueError(f'hop must be in 1..clip_length ({clip_length}) so that '
-                     f'no frame is skipped, got {hop}')
-  if num_frames < 1:
-    raise ValueError(f'num_frames must be >= 1, got {num_frames}')
-  if num_frames <= clip_length:
-    return [0]
-  starts = list(range(0, num_frames - clip_length + 1, hop))
-  if starts[-1] + clip_length < num_frames:
-    starts.append(starts[-1] + hop)
-  return starts
 
 
 def _clip_hash(clip_id: str) -> bytes:

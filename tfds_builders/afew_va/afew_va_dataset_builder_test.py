@@ -24,6 +24,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from fer_jax.data import align
+from tfds_builders import testing
 from tfds_builders.afew_va import afew_va_dataset_builder as ab
 from tfds_builders.afew_va import make_dummy_data
 
@@ -39,14 +40,7 @@ CONFIGS = ('crop_96', 'aligned_112')
 
 
 def _build(data_dir, config, manual_dir=DUMMY):
-  builder = ab.Builder(config=config, data_dir=data_dir,
-                       file_format='array_record')
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(manual_dir),
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  return testing.build_array_record(ab.Builder, data_dir, config, manual_dir)
 
 
 @pytest.fixture(scope='module', params=CONFIGS)
@@ -246,11 +240,7 @@ def test_overlapping_windows_without_tfds():
 
 
 def test_dummy_data_is_what_the_script_writes(tmp_path):
-  make_dummy_data.main(tmp_path)
-  want = sorted(p.relative_to(DUMMY) for p in DUMMY.rglob('*') if p.is_file())
-  got = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')
-               if p.is_file())
-  assert got == want
+  want = testing.dummy_files_written_by(make_dummy_data.main, tmp_path, DUMMY)
   for rel in want:
     assert (tmp_path / rel).read_bytes() == (DUMMY / rel).read_bytes(), rel
   assert sum((DUMMY / rel).stat().st_size for rel in want) < 400_000
@@ -322,16 +312,13 @@ def test_missing_clips_list_expected_paths(tmp_path):
 def test_build_without_manual_dir_raises_with_instructions(tmp_path):
   builder = ab.Builder(config='crop_96', data_dir=tmp_path / 'data')
   with pytest.raises(AssertionError, match='does not exist or is empty') as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(tmp_path / 'missing')))
+    testing.prepare(builder, tmp_path / 'missing')
   assert 'ibug.doc.ic.ac.uk/resources/afew-va-database' in str(e.value)
   manual = tmp_path / 'manual'
   manual.mkdir()
   (manual / 'notes.txt').write_text('x')
   with pytest.raises(FileNotFoundError, match='No AFEW-VA clip found') as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    testing.prepare(builder, manual)
   assert str(manual / '01.zip') in str(e.value)
 
 
@@ -345,9 +332,7 @@ def test_malformed_clip_stops_the_build(tmp_path):
   with pytest.raises(ab.AfewVaFormatError,
                      match=r"002\.json, frame '00002': arousal is 11, "
                      r'expected a number in -10\.\.10'):
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    testing.prepare(builder, manual, file_format='array_record')
 
 
 def test_manual_download_instructions():
@@ -575,8 +560,8 @@ def test_window_starts_cover_every_frame():
     assert starts[-1] < n and starts[-1] + t >= n
     if hop == t:
       assert (count == 1).all()
-  with pytest.raises(ValueError, match=r'hop must be in 1\.\.clip_length '
-                     r'\(4\).*got 5'):
+  with pytest.raises(ValueError,
+                     match=r'hop must be in \[1, clip_length=4\], got 5'):
     ab.window_starts(10, 4, 5)
 
 
@@ -634,19 +619,13 @@ def test_config_is_a_dataclass_with_documented_defaults():
 
 
 # ------------------------------- tfds.testing.DatasetBuilderTestCase ----
-# TFDS's own harness builds the default tfrecord format (its `as_dataset`
-# check is not implemented for array_record in tensorflow-datasets 4.9.10; the
-# array_record checks are the tests above). tfds.testing imports `dill`.
-try:
-  _HARNESS = (tfds.testing.DatasetBuilderTestCase, '')
-except ImportError as e:
-  _HARNESS = (None, f'{type(e).__name__}: {e}')
+# TFDS's own harness on the default tfrecord format (see
+# tfds_builders.testing.tfds_harness).
+_HARNESS = testing.tfds_harness()
 
 
 def test_tfds_dataset_builder_test_case_available():
-  if _HARNESS[0] is None:
-    pytest.skip('tfds.testing.DatasetBuilderTestCase unavailable '
-                f'({_HARNESS[1]}); install `dill` to run the TFDS harness')
+  testing.skip_without_harness(_HARNESS)
 
 
 if _HARNESS[0] is not None:

@@ -44,6 +44,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fer_jax.data import align
+from fer_jax.data.align import square_crop_box  # noqa: F401  (parser API)
+from tfds_builders.clip_windows import clip_starts  # noqa: F401  (parser API)
+
 PARTITIONS = ('train', 'test')
 VIDEO_EXTENSIONS = ('.mp4', '.avi')
 DIMENSIONS = ('valence', 'arousal')
@@ -453,62 +457,19 @@ def assign_splits(parts: Mapping[str, Sequence[VideoFiles]],
 # ------------------------------------------------------------------ clips ----
 
 
-def clip_starts(num_frames: int, clip_length: int, hop: int) -> list[int]:
-  """First frames of the clips of a video: 0, hop, 2 hop, ...
-
-  Stops at the first clip that reaches the last frame (that clip is padded if
-  it runs past it), so every frame is in at least one clip.
-  """
-  if not 1 <= hop <= clip_length:
-    raise ValueError(
-        f'hop must be in [1, clip_length={clip_length}], got {hop}')
-  if num_frames < 1:
-    raise ValueError(f'num_frames must be >= 1, got {num_frames}')
-  starts = [0]
-  while starts[-1] + clip_length < num_frames:
-    starts.append(starts[-1] + hop)
-  return starts
-
-
-def square_crop_box(box, margin: float) -> tuple[int, int, int]:
-  """Integer square (left, top, side) around a face box.
-
-  side = round(max(w, h) * (1 + margin)) (at least 1), centred on the box
-  centre: left = round(cx - side / 2), top = round(cy - side / 2), rounding
-  halves up. Pixels [top, top + side) x [left, left + side) are cropped.
-  """
-  x0, y0, x1, y1 = (float(v) for v in box)
-  side = max(1, int(math.floor(max(x1 - x0, y1 - y0) * (1.0 + margin) + 0.5)))
-  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-  left = int(math.floor(cx - side / 2 + 0.5))
-  top = int(math.floor(cy - side / 2 + 0.5))
-  return left, top, side
-
-
 def crop_face(frame: np.ndarray, box, *, size: int, margin: float,
               path='<frame>') -> np.ndarray:
   """Square face crop of an (H, W, 3) uint8 frame, resized to (size, size, 3).
 
-  The square of `square_crop_box(box, margin)` is cut out (zeros where it
-  runs past the frame) and resized with PIL's bilinear filter (antialiased
-  when shrinking). A square entirely outside the frame raises
-  `AffWildFormatError` naming `path` (the .pts file).
+  `fer_jax.data.align.crop_face_box`: the square of `square_crop_box(box,
+  margin)` is cut out (zeros where it runs past the frame) and resized with
+  PIL's bilinear filter (antialiased when shrinking). A square entirely
+  outside the frame raises `AffWildFormatError` naming `path` (the .pts file).
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  h, w = frame.shape[:2]
-  left, top, side = square_crop_box(box, margin)
-  r0, r1 = max(top, 0), min(top + side, h)
-  c0, c1 = max(left, 0), min(left + side, w)
-  if r0 >= r1 or c0 >= c1:
-    raise AffWildFormatError(
-        path, None, f'face box {tuple(float(v) for v in box)} lies outside '
-        f'the {w}x{h} frame')
-  square = np.zeros((side, side, 3), np.uint8)
-  square[r0 - top:r1 - top, c0 - left:c1 - left] = frame[r0:r1, c0:c1]
-  if side == size:
-    return square
-  return np.asarray(Image.fromarray(square).resize(
-      (size, size), Image.Resampling.BILINEAR))
+  try:
+    return align.crop_face_box(frame, box, size, margin)
+  except align.FaceOutsideFrameError as e:
+    raise AffWildFormatError(path, None, str(e)) from e
 
 
 def _import_av():

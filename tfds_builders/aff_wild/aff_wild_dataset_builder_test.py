@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tfds_builders import testing
 from tfds_builders.aff_wild import aff_wild_dataset_builder as ab
 from tfds_builders.aff_wild import make_dummy_data
 
@@ -60,14 +61,7 @@ CONFIGS = {'crop_96': 'crop_96', 'tiny': TINY}
 
 
 def _build(data_dir, config, manual_dir=DUMMY):
-  builder = ab.Builder(config=config, data_dir=data_dir,
-                       file_format='array_record')
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(manual_dir),
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  return testing.build_array_record(ab.Builder, data_dir, config, manual_dir)
 
 
 @pytest.fixture(scope='module', params=sorted(CONFIGS))
@@ -336,11 +330,7 @@ def test_dummy_special_frames(built):
 
 @requires_av
 def test_dummy_data_is_what_the_script_writes(tmp_path):
-  make_dummy_data.main(tmp_path)
-  want = sorted(p.relative_to(DUMMY) for p in DUMMY.rglob('*') if p.is_file())
-  got = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')
-               if p.is_file())
-  assert got == want
+  want = testing.dummy_files_written_by(make_dummy_data.main, tmp_path, DUMMY)
   for rel in want:
     if rel.suffix in ('.txt', '.pts'):
       assert (tmp_path / rel).read_bytes() == (DUMMY / rel).read_bytes(), rel
@@ -351,18 +341,13 @@ def test_dummy_data_is_what_the_script_writes(tmp_path):
 
 
 # ------------------------------- tfds.testing.DatasetBuilderTestCase ----
-# As in the fer2013 builder: TFDS's harness builds the default tfrecord
-# format; tfds.testing needs `dill` (test extra), hence the guard.
-try:
-  _HARNESS = (tfds.testing.DatasetBuilderTestCase, '')
-except ImportError as e:
-  _HARNESS = (None, f'{type(e).__name__}: {e}')
+# TFDS's own harness on the default tfrecord format (see
+# tfds_builders.testing.tfds_harness).
+_HARNESS = testing.tfds_harness()
 
 
 def test_tfds_dataset_builder_test_case_available():
-  if _HARNESS[0] is None:
-    pytest.skip('tfds.testing.DatasetBuilderTestCase unavailable '
-                f'({_HARNESS[1]}); install `dill` to run the TFDS harness')
+  testing.skip_without_harness(_HARNESS)
 
 
 if _HARNESS[0] is not None:
@@ -437,16 +422,6 @@ def test_streamed_clips_follow_the_plan(tmp_path, n, t, hop):
 
 
 # -------------------------------------------------------------- crops ----
-
-
-def test_square_crop_box_hand_cases():
-  # 3x3 box centred at (3.5, 3.5): the pixels 2..4.
-  assert ab.square_crop_box((2, 2, 5, 5), 0.0) == (2, 2, 3)
-  # w=10, h=4, margin 0.5 -> side 15, centre (5, 2) -> left -2.5 -> -2.
-  assert ab.square_crop_box((0, 0, 10, 4), 0.5) == (-2, -5, 15)
-  # Rounding halves up: side 2.5 -> 3.
-  assert ab.square_crop_box((0, 0, 2.5, 1), 0.0) == (0, -1, 3)
-  assert ab.square_crop_box((1, 1, 1.2, 1.2), 0.0)[2] == 1  # At least 1.
 
 
 def test_crop_face_exact_and_padded():
@@ -794,9 +769,7 @@ def test_malformed_annotation_line_stops_the_build(tmp_path):
 def test_build_without_manual_dir_gives_instructions(tmp_path):
   builder = ab.Builder(config='crop_96', data_dir=tmp_path / 'data')
   with pytest.raises(AssertionError, match='does not exist or is empty') as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(tmp_path / 'nowhere')))
+    testing.prepare(builder, tmp_path / 'nowhere')
   assert 'first-affect-wild-challenge' in str(e.value)
 
 
@@ -806,8 +779,7 @@ def test_build_with_unrelated_files_lists_expected_paths(tmp_path):
   (manual / 'readme.txt').write_text('not the data')
   builder = ab.Builder(config='crop_96', data_dir=tmp_path / 'data')
   with pytest.raises(FileNotFoundError) as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    testing.prepare(builder, manual)
   msg = str(e.value)
   for part in ('train', 'test'):
     for sub in (f'videos/{part}/<id>.mp4|.avi',

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tfds_builders import testing
 from tfds_builders.fer2013 import fer2013_dataset_builder as fb
 from tfds_builders.fer2013 import make_dummy_data
 
@@ -37,14 +38,7 @@ MANUAL_DIRS = {'csv': DUMMY, 'gz': NO_PRIVATE}
 
 
 def _build(data_dir, config, manual_dir):
-  builder = fb.Builder(config=config, data_dir=data_dir,
-                       file_format='array_record')
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(manual_dir),
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  return testing.build_array_record(fb.Builder, data_dir, config, manual_dir)
 
 
 @pytest.fixture(scope='module', params=sorted(EXPECTED_SPLITS),
@@ -109,22 +103,13 @@ def test_info(built):
 
 
 # ------------------------------- tfds.testing.DatasetBuilderTestCase ----
-# TFDS's own harness builds the default tfrecord format (its `as_dataset` check
-# is not implemented for array_record in tensorflow-datasets 4.9.10; the
-# array_record checks are the pytest tests above). tfds.testing imports `dill`,
-# which is only in tensorflow-datasets' test extras, hence the guard.
-# (Held in a tuple: a module-level TestCase name would be collected itself.)
-try:
-  _HARNESS = (tfds.testing.DatasetBuilderTestCase, '')
-except ImportError as e:
-  _HARNESS = (None, f'{type(e).__name__}: {e}')
+# TFDS's own harness on the default tfrecord format (see
+# tfds_builders.testing.tfds_harness).
+_HARNESS = testing.tfds_harness()
 
 
 def test_tfds_dataset_builder_test_case_available():
-  if _HARNESS[0] is None:
-    pytest.skip('tfds.testing.DatasetBuilderTestCase unavailable '
-                f'({_HARNESS[1]}); install `dill` to run the TFDS '
-                'harness classes (array_record equivalents above still ran)')
+  testing.skip_without_harness(_HARNESS)
 
 
 if _HARNESS[0] is not None:
@@ -386,9 +371,7 @@ def test_malformed_row_stops_the_build(tmp_path):
   _write(manual, [_HEADER, _good_row(), f'3,{_pixels(2303)},Training'])
   builder = fb.Builder(config='fer2013', data_dir=tmp_path / 'data')
   with pytest.raises(fb.CsvFormatError, match=r'line 3: pixels has 2303'):
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    testing.prepare(builder, manual, file_format='array_record')
 
 
 # ----------------------------------------------------------- manual files ----
@@ -424,8 +407,7 @@ def test_build_without_files_raises_listing_paths(tmp_path):
   (manual / 'readme.txt').write_text('not the data')
   builder = fb.Builder(config='ferplus', data_dir=tmp_path / 'data')
   with pytest.raises(FileNotFoundError) as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    testing.prepare(builder, manual)
   for name in ('fer2013.csv', 'fer2013.csv.gz', 'fer2013new.csv'):
     assert str(manual / name) in str(e.value)
   assert 'kaggle.com' in str(e.value)
