@@ -45,9 +45,10 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   overrides = [
       f"--config={SYN}:runlocal", "--config.dataset.name=toy_blobs",
       "--config.dataset.import_module=toy_blobs", f"--config.dataset.data_dir={tmp_path}/data",
-      "--config.dataset.num_classes=4", "--config.dataset.test_split=", "--config.input.resize=16",
-      "--config.input.crop=16", "--config.input.batch_size=16", "--config.input.eval_batch_size=32",
-      "--config.model.num_classes=4", "--config.model.dims=(8,16,16,16)", "--config.num_train_steps=6",
+      "--config.dataset.num_classes=4", "--config.evals.validation.split=validation",
+      "--config.input.resize=16", "--config.input.crop=16", "--config.input.batch_size=16",
+      "--config.input.eval_batch_size=32", "--config.model.head.num_outputs=4",
+      "--config.model.backbone.dims=(8,16,16,16)", "--config.num_train_steps=6",
       "--config.log_every_steps=2", "--config.checkpoint.every_steps=3", f"--workdir={workdir}"]
   p = _cli("train", *overrides)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -60,7 +61,7 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   assert (workdir / "confusion_matrix_validation.png").stat().st_size > 1000
   assert glob.glob(str(workdir / "events.out.tfevents.*"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
-  p = _cli("evaluate", *overrides)
+  p = _cli("evaluate", "--split=validation", *overrides)
   assert p.returncode == 0, p.stderr[-3000:]
   ev = json.loads((workdir / "metrics_eval_validation.json").read_text())
   assert ev["step"] == 6 and ev["validation"]["confusion_matrix"] == cm
@@ -69,7 +70,7 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   files = sorted(p for p in state_dir.rglob("*") if p.is_file())
   for f in files:
     f.write_bytes(b"garbage")
-  p = _cli("evaluate", *overrides)
+  p = _cli("evaluate", "--split=validation", *overrides)
   assert p.returncode != 0
   assert "Could not restore the checkpoint at" in p.stderr and str(workdir / "checkpoints" / "6") in p.stderr
   assert sorted(p for p in state_dir.rglob("*") if p.is_file()) == files

@@ -34,10 +34,23 @@ def test_check_overrides_reports_typos():
   assert "'inptu'" in errors[1] and "'input'" in errors[1]
 
 
-@pytest.mark.parametrize("spec", ["experiments/convnext_synthetic.py",
-                                  "experiments/convnext_synthetic.py:runlocal",
-                                  "experiments/convnext_fer2013.py:variant=tiny,res=64,ferplus"])
-def test_experiment_configs_load(spec):
-  c = config_utils.load_config_file(str(ROOT / spec))
-  assert c.model_name.startswith("convnext")
-  assert c.dataset.num_classes in (7, 8)
+def test_parse_arg_accepts_typed_dicts_for_derived_configs():
+  a = config_utils.parse_arg({"res": 112, "runlocal": True}, res=48, runlocal=False)
+  assert (a.res, a.runlocal) == (112, True)
+  with pytest.raises(ValueError, match="Unknown config option 'rez'"):
+    config_utils.parse_arg({"rez": 1}, res=48)
+
+
+def test_steps_and_epochs_contradict():
+  with pytest.raises(ValueError, match="steps=5 and epochs=2.0 contradict"):
+    config_utils.load_config_file(str(ROOT / "experiments/convnext_fer2013.py") + ":steps=5,epochs=2")
+
+
+def test_runlocal_is_the_same_few_steps_everywhere():
+  for spec in ("convnext_synthetic.py:runlocal", "convnext_fer2013.py:runlocal", "emonext_fer2013.py:runlocal",
+               "au_synthetic.py:runlocal"):
+    c = config_utils.load_config_file(str(ROOT / "experiments" / spec))
+    assert (c.num_train_steps, c.num_epochs, c.input.batch_size) == (config_utils.RUNLOCAL_STEPS, 0.0,
+                                                                      config_utils.RUNLOCAL_BATCH), spec
+    assert all(e.every_steps == 0 and e.split.endswith(f"[:{4 * config_utils.RUNLOCAL_BATCH}]")
+               for e in c.evals.values()), spec

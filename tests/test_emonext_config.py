@@ -10,6 +10,7 @@ import pytest
 
 from fer_jax import config_utils
 from fer_jax.train import optim, sharding, trainer
+from fer_jax.train.preprocess import preprocess_images
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "emonext_fer2013.py")
@@ -30,7 +31,7 @@ def _se(dims, blocks):  # SE on the given channel counts, reduction 16, no bias:
 def _count(config):
   model = trainer.create_model(config)
   shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                                             jnp.zeros((1, 224, 224, 3)), train=False))
+                                             image=jnp.zeros((1, 224, 224, 3)), train=False))
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes["params"]))
 
 
@@ -39,17 +40,17 @@ def test_table2_rows_build_the_expected_models(size):
   c = DIMS[size]
   dims = (c // 8, c // 4, c // 2, c)
   assert STN_224 == 868_740
-  baseline = config_utils.load_config_file(f"{CONFIG}:variant={size},baseline")
+  baseline = config_utils.load_config_file(f"{CONFIG}:size={size},arch=convnext")
   assert _count(baseline) == CONVNEXT_7[size]
-  code = config_utils.load_config_file(f"{CONFIG}:variant={size}")
+  code = config_utils.load_config_file(f"{CONFIG}:size={size}")
   attention = 2 * c + 2 * (c * c + c)  # LayerNorm + Q, K Dense(C)
   # Official code: SE after the downsampling convs of stages 2-4 (input channels dims[1:]).
   assert _count(code) == CONVNEXT_7[size] + STN_224 + _se(dims[1:], 3) + attention
   if size in ("tiny", "xlarge"):
-    paper = config_utils.load_config_file(f"{CONFIG}:variant={size},reading=paper")
+    paper = config_utils.load_config_file(f"{CONFIG}:size={size},reading=paper")
     assert _count(paper) == CONVNEXT_7[size] + STN_224 + _se(dims, 4) + attention
-  assert code.loss.sa_weight == 1.0 and baseline.loss.sa_weight == 0.0
-  assert code.loss.label_smoothing == 0.2 and code.input.batch_size == 64
+  assert code.loss.sa.weight == 1.0 and "sa" not in baseline.loss
+  assert code.loss.ce.label_smoothing == 0.2 and code.input.batch_size == 64
   assert (code.input.resize, code.input.crop, code.input.eval_crops) == (236, 224, "ten")
   assert code.schedule.name == "cosine_warm_restarts" and code.ema.decay == 0.99 and code.ema.every == 16
 
@@ -58,10 +59,10 @@ def _tiny_emonext_config(sa_weight):
   c = config_utils.base_config()
   c.dataset.update(num_classes=3, image_size=32)
   c.input.update(resize=32, crop=32, channels=3)
-  c.model_name = "emonext"
-  c.model = dict(num_classes=3, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), stem_patch_size=2,
-                 use_stn=True, se_placement="downsample", se_reduction=4, sa_mode="batch")
-  c.loss.update(label_smoothing=0.0, sa_weight=sa_weight)
+  c.model.backbone = dict(name="emonext", depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), stem_patch_size=2,
+                          use_stn=True, se_placement="downsample", se_reduction=4, sa_mode="batch")
+  c.model.head = dict(name="linear", num_outputs=3)
+  c.loss = dict(ce=dict(weight=1.0, label_smoothing=0.0), sa=dict(weight=sa_weight))
   c.optimizer.update(name="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=0.0)
   return c
 
@@ -74,31 +75,34 @@ def test_train_step_adds_the_self_attention_term():
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)),
            "label": jnp.asarray([0, 1, 2, 1, 0, 2], jnp.int32)}
+  task = trainer.get_task(c)
   _, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx,
-                                                       config=c))(state, batch)
+                                                       config=c, task=task))(state, batch)
   # Reference: the same forward pass by hand (drop path is 0, so the rng does not matter).
-  x = trainer.preprocess_images(batch["image"], c)
-  (logits, aux), _ = model.apply({"params": state.params, **state.model_state}, x, train=True,
-                                 return_features=True, mutable=["batch_stats"])
-  logp = np.asarray(jax.nn.log_softmax(logits))
+  x = preprocess_images(batch["image"], c)
+  aux, _ = model.apply({"params": state.params, **state.model_state}, image=x, train=True,
+                       mutable=["batch_stats"])
+  logp = np.asarray(jax.nn.log_softmax(aux["logits"]))
   ce = -logp[np.arange(6), np.asarray(batch["label"])].mean()
   w = np.asarray(aux["attention"], np.float64)
   sa = np.mean((w - w.mean()) ** 2)  # L_SA = mean((W - mean W)^2), W: the B x B attention
   assert w.shape == (6, 6)
-  np.testing.assert_allclose(float(metrics["sa_loss"]), sa, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss/sa"]), sa, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss/ce"]), ce, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["loss"]), ce + 2.5 * sa, rtol=1e-5)
 
 
 def test_sa_weight_needs_a_model_that_returns_the_term():
   c = _tiny_emonext_config(sa_weight=1.0)
-  c.model_name = "convnext"
-  c.model = dict(num_classes=3, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), stem_patch_size=2)
+  c.model.backbone = dict(name="convnext", depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), stem_patch_size=2)
   model = trainer.create_model(c)
   tx = optim.create_optimizer(c, optim.create_schedule(c, 10))
   state, _ = trainer.create_train_state(c, model, tx, jax.random.key(0), sharding.create_mesh(c.mesh))
   batch = {"image": jnp.zeros((2, 32, 32, 3), jnp.uint8), "label": jnp.zeros((2,), jnp.int32)}
-  with pytest.raises(ValueError, match=r"sa_weight=1.0 but model 'convnext' returns no aux\['sa_loss'\]"):
-    trainer.train_step(state, batch, jax.random.key(1), model=model, tx=tx, config=c)
+  with pytest.raises(KeyError, match=r"loss term 'sa' needs the model output 'sa_loss'.*outputs are "
+                                     r"\['features', 'logits'\]"):
+    trainer.train_step(state, batch, jax.random.key(1), model=model, tx=tx, config=c,
+                       task=trainer.get_task(c))
 
 
 def test_init_weights_errors_name_the_path_and_the_model(tmp_path):
@@ -109,8 +113,8 @@ def test_init_weights_errors_name_the_path_and_the_model(tmp_path):
   c.init_weights = str(tmp_path / "missing.safetensors")
   with pytest.raises(FileNotFoundError, match="missing.safetensors"):
     trainer.load_init_weights(state, c, shardings)
-  c.model_name = "inception_resnet_shallow"
-  with pytest.raises(ValueError, match="ConvNeXt / EmoNeXt models, not 'inception_resnet_shallow'"):
+  c.model.backbone.name = "inception_resnet"
+  with pytest.raises(ValueError, match="backbone 'inception_resnet' has no pretrained-weight importer"):
     trainer.load_init_weights(state, c, shardings)
 
 
@@ -134,11 +138,13 @@ def test_init_weights_loads_a_convnext_checkpoint_into_the_backbone(tmp_path):
   sd = ref.state_dict()
   # Stem conv (OIHW -> HWIO) and a block's pointwise layer ((out, in[, 1, 1]) -> (in, out)) come from
   # the file (timm's atto uses 1x1 convs for the MLP).
-  np.testing.assert_array_equal(np.asarray(loaded.params["stem_conv"]["kernel"]),
+  backbone, fresh = loaded.params["backbone"], state.params["backbone"]
+  np.testing.assert_array_equal(np.asarray(backbone["stem_conv"]["kernel"]),
                                 sd["stem.0.weight"].numpy().transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(np.asarray(loaded.params["stage_3"]["block_1"]["pwconv1"]["kernel"]),
+  np.testing.assert_array_equal(np.asarray(backbone["stage_3"]["block_1"]["pwconv1"]["kernel"]),
                                 sd["stages.3.blocks.1.mlp.fc1.weight"].numpy().reshape(4 * 320, 320).T)
   # STN, SE, attention and head keep their fresh values; the EMA starts from the loaded weights.
-  for key in ("stn", "attention", "head"):
-    jax.tree.map(np.testing.assert_array_equal, loaded.params[key], state.params[key])
+  for key in ("stn", "attention"):
+    jax.tree.map(np.testing.assert_array_equal, backbone[key], fresh[key])
+  jax.tree.map(np.testing.assert_array_equal, loaded.params["head"], state.params["head"])
   jax.tree.map(np.testing.assert_array_equal, loaded.ema_params, loaded.params)

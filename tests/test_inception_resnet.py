@@ -4,7 +4,8 @@ The reference below is written from the figures of Szegedy et al. 2016 (Inceptio
 stem fig. 14, A fig. 10, Reduction-A fig. 7 with k, l, m, n = 192, 192, 256, 384, B fig. 11,
 Reduction-B fig. 12, C fig. 13) as tables of (name, channels, kernel, stride, "V"), with explicit
 TF-style padding. Random weights, BN running statistics included, are copied from the Flax
-variables into it; both run in eval mode and must agree to 1e-4 (float32). Parameter counts are
+variables into it; both run in eval mode in float64 and must agree to RTOL64 (float32 where the
+model pools / applies tanh in float32, with bounds derived below). Parameter counts are
 checked against a closed form and against the reference; the LSTM model against the frame backbone
 run frame by frame followed by ``torch.nn.LSTM`` with copied weights.
 """
@@ -24,7 +25,17 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
 
-ATOL = 1e-4
+# Torch parity runs both sides in float64 (x64 on, float64 variables and inputs; torch .double()).
+# In float32 the two differ by up to ~1e-5 through a dozen conv-BN layers, by an amount that depends
+# on the machine's summation order. Float64's unit roundoff is 2^29 ~ 5e8 times smaller, so the same
+# paths differ by ~1e-13 (measured: ~1e-15); RTOL64 (relative to the largest reference magnitude)
+# has a wide margin on any machine, while a parameter off by 1e-3 moves outputs by >~1e-5 of their
+# size. The model pools its features and applies its tanh in float32 whatever the input dtype: those
+# outputs get bounds derived from that float32 step, in units of U32.
+RTOL64 = 1e-9
+U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
+# XLA's float32 tanh is a rational approximation: <= 4.5 U32 relative error measured on [-30, 30].
+TANH_ERR = 16 * U32
 EPS = 1e-3
 
 # ----------------------------------------------------------------------------- torch reference
@@ -162,11 +173,16 @@ class TBackbone(tnn.Module):
     self.out_channels = c_a + c_b + c if multiscale else c
 
   def forward(self, x):
-    pooled = []
+    pooled, stats = [], []
     for name, block in self.blocks.items():
       x = block(x)
       if self.multiscale and name in (self.a_end, self.b_end):
         pooled.append(x.mean((2, 3)))
+        stats.append((x.abs().mean((2, 3)), x.shape[2] * x.shape[3]))
+    stats.append((x.abs().mean((2, 3)), x.shape[2] * x.shape[3]))
+    # Per feature: mean |activation| and the H * W it pools (for the float32 pooling bound).
+    self.pool_abs = torch.cat([a for a, _ in stats], 1).numpy()
+    self.pool_hw = np.concatenate([np.full(a.shape[1], hw) for a, hw in stats])
     return torch.cat(pooled + [x.mean((2, 3))], 1)
 
 
@@ -261,7 +277,8 @@ def copy_frame_model(variables, tmodel):
 
 
 def nchw(x):
-  return _t(np.transpose(np.asarray(x), (0, 3, 1, 2)))
+  """NHWC array -> NCHW tensor of the same dtype (float64 inputs for the float64 references)."""
+  return torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(x), (0, 3, 1, 2))))
 
 
 def nhwc(t):
@@ -276,12 +293,34 @@ def _input(shape, seed=0):
   return jnp.asarray(np.random.RandomState(seed).uniform(0.0, 1.0, shape).astype(np.float32))
 
 
-def _close(got, want, atol=ATOL):
-  got, want = np.asarray(got), np.asarray(want)
-  assert got.shape == want.shape, (got.shape, want.shape)
-  err = np.abs(got - want).max()
-  assert err < atol, (f"max abs diff {err:.3g} >= {atol} "
-                      f"(reference magnitude {np.abs(want).max():.3g})")
+def _f64(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _within(got, want, tol, what=""):
+  """|got - want| <= tol elementwise (tol broadcast); returns the max abs difference."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, (what, got.shape, want.shape)
+  err = np.abs(got - want)
+  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
+                              f"{(err - tol).max():.3g} (reference magnitude {np.abs(want).max():.3g})")
+  return err.max()
+
+
+def _parity64(got, want, what=""):
+  """JAX value computed in float64 vs float64 torch / NumPy: RTOL64 of the largest magnitude, plus
+  U32 |want| if the model returned it rounded to float32."""
+  want = np.asarray(want, np.float64)
+  tol = RTOL64 * np.abs(want).max()
+  if np.asarray(got).dtype == np.float32:
+    tol = tol + U32 * np.abs(want)
+  return _within(got, want, tol, what)
+
+
+def _tanh_f32_tol(y, out, tol_y):
+  """Bound on |tanh_f32(fl32(y~)) - tanh(y)| given |y~ - y| <= tol_y: tanh is 1-Lipschitz; y~ is
+  rounded to float32 (U32 |y|); the float32 tanh itself is within TANH_ERR |out|."""
+  return tol_y + U32 * np.abs(y) + TANH_ERR * np.abs(out) + RTOL64
 
 
 # ----------------------------------------------------------------------------- closed form
@@ -431,17 +470,20 @@ def test_blocks_match_torch_reference(padding):
     block = make(padding)
     x = _input(shape, seed=1) * (1.0 if name == "stem" else 2.0)
     variables = random_variables(block, x, seed=3)
-    got = jax.jit(block.apply)(variables, x)
+    x = np.asarray(x, np.float64)
+    with jax.enable_x64(True):
+      got = jax.jit(block.apply)(_f64(variables), x)
+    assert got.dtype == np.float64
     tblock = tmake(shape[-1], padding == "SAME")
     n = copy_block(variables, tblock)
     assert n == len(list(tblock.parameters())) + len(list(tblock.buffers())) - sum(
         isinstance(m, tnn.BatchNorm2d) for m in tblock.modules())  # minus num_batches_tracked
     assert count(variables["params"]) == sum(p.numel() for p in tblock.parameters())
     with torch.no_grad():
-      want = nhwc(tblock.eval()(nchw(x)))
+      want = nhwc(tblock.double().eval()(nchw(x)))
     outs[name] = (np.asarray(got), want)
   for name, (got, want) in outs.items():
-    _close(got, want)
+    _parity64(got, want, name)
   if padding == "VALID":
     assert outs["stem"][0].shape == (2, 7, 7, 256)
     assert outs["reduction_b"][0].shape == (2, 2, 2, 896 + 384 + 256 + 256)
@@ -458,21 +500,30 @@ def _frame_parity(name, size, seed=0, **kwargs):
   model = get_model(name, **kwargs)
   x = _input((2, size, size, 3), seed)
   variables = random_variables(model, x, seed=seed)
-  out, feats = jax.jit(model.apply, static_argnames=("train", "return_features"))(
-      variables, x, train=False, return_features=True)
+  x = np.asarray(x, np.float64)
+  with jax.enable_x64(True):
+    out, feats = jax.jit(model.apply, static_argnames=("train", "return_features"))(
+        _f64(variables), x, train=False, return_features=True)
   tm = TFrameModel(num_outputs=model.num_outputs, num_a=model.num_a, num_b=model.num_b,
                    num_c=model.num_c, width=model.width_multiplier,
                    same_net=model.padding == "SAME", multiscale=model.multiscale,
                    klmn=model.reduction_a)
-  copy_frame_model(variables, tm)
+  copy_frame_model(variables, tm).double()
   with torch.no_grad():
-    t_out, t_feats = (t.numpy() for t in tm(nchw(x)))
+    t_out, t_feats = tm(nchw(x))
+    t_y = tm.head(t_feats).numpy()
+    t_out, t_feats = t_out.numpy(), t_feats.numpy()
   n = count(variables["params"])
   assert n == sum(p.numel() for p in tm.parameters())
   assert n == closed_form_params(model.num_a, model.num_b, model.num_c, model.width_multiplier,
                                  model.reduction_a, model.multiscale, model.num_outputs)
-  _close(feats, t_feats)
-  _close(out, t_out)
+  # The trunk computes in float64 but pools its activations s in float32: s rounded (U32 |s|), a
+  # float32 sum of H*W terms (gamma_HW) and the division: |df| <= (HW + 2) U32 mean|s| per feature.
+  # The head then runs in float64 on those features (|dy| <= |df| |W|), then tanh in float32.
+  tol_f = (tm.backbone.pool_hw + 2) * U32 * tm.backbone.pool_abs + RTOL64 * np.abs(t_feats).max()
+  _within(feats, t_feats, tol_f, "features")
+  tol_y = tol_f @ np.abs(np.asarray(variables["params"]["head"]["kernel"], np.float64))
+  _within(out, t_out, _tanh_f32_tol(t_y, t_out, tol_y), "outputs")
   assert np.all(np.abs(np.asarray(out)) < 1.0)
   assert np.abs(t_out - t_out[:1]).max() > 1e-3  # not saturated: the comparison means something
   return np.asarray(out)
@@ -522,25 +573,27 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   hidden, b, t = 16, 2, 3
   model = get_model("inception_resnet_lstm", width_multiplier=0.25, lstm_hidden=hidden,
                     lstm_layers=layers, bidirectional=bidirectional)
-  x = _input((b, t, 75, 75, 3), seed=4)
+  x = np.asarray(_input((b, t, 75, 75, 3), seed=4), np.float64)
   variables = random_variables(model, x, seed=4)
+  v64 = _f64(variables)
   apply = jax.jit(model.apply, static_argnames=("train", "return_features"))
-  out, lstm_out = apply(variables, x, train=False, return_features=True)
-  assert out.shape == (b, t, 2) and lstm_out.shape == (b, t, hidden * (1 + bidirectional))
-
   backbone = irn.InceptionResNetV1(**model.backbone_kwargs())
-  bvars = {"params": variables["params"]["backbone"],
-           "batch_stats": variables["batch_stats"]["backbone"]}
+  bvars = {"params": v64["params"]["backbone"], "batch_stats": v64["batch_stats"]["backbone"]}
   apply_b = jax.jit(backbone.apply)
-  feats = np.stack([np.asarray(apply_b(bvars, x[:, i])) for i in range(t)], axis=1)  # (B, T, F)
+  with jax.enable_x64(True):  # float64 throughout but the float32 pooling and tanh (see top)
+    out, lstm_out = apply(v64, x, train=False, return_features=True)
+    # The LSTM's input: the pooled (float32) backbone features, frame by frame.
+    feats = np.stack([np.asarray(apply_b(bvars, x[:, i])) for i in range(t)], axis=1)  # (B, T, F)
+  assert out.shape == (b, t, 2) and lstm_out.shape == (b, t, hidden * (1 + bidirectional))
   in_dim = feats.shape[-1]
-  lstm = _torch_lstm_from_flax(variables["params"], hidden, layers, bidirectional, in_dim)
+  lstm = _torch_lstm_from_flax(variables["params"], hidden, layers, bidirectional, in_dim).double()
   with torch.no_grad():
-    t_lstm = lstm(_t(feats))[0].numpy()
-  head = variables["params"]["head"]
-  want = np.tanh(t_lstm @ np.asarray(head["kernel"]) + np.asarray(head["bias"]))
-  _close(lstm_out, t_lstm)
-  _close(out, want)
+    t_lstm = lstm(torch.from_numpy(feats.astype(np.float64)))[0].numpy()
+  head = v64["params"]["head"]
+  y = t_lstm @ head["kernel"] + head["bias"]
+  want = np.tanh(y)
+  _parity64(lstm_out, t_lstm, "lstm")  # float64 LSTM returned rounded to float32
+  _within(out, want, _tanh_f32_tol(y, want, 0.0), "outputs")  # float64 head, float32 tanh
   assert np.all(np.abs(np.asarray(out)) < 1.0)
   assert np.abs(want[:, 1:] - want[:, :1]).max() > 1e-3  # frames differ
   # Parameter count: torch keeps two biases per gate, Flax one.
@@ -552,8 +605,9 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   assert n == closed_form_params(1, 1, 1, width=0.25, lstm=(hidden, layers, directions))
   # Changing the last frame changes only the last output of a unidirectional LSTM, all of a
   # bidirectional one.
-  y2 = np.asarray(apply(variables, x.at[:, -1].set(1.0 - x[:, -1]), train=False,
-                        return_features=True)[0])
+  with jax.enable_x64(True):
+    y2 = np.asarray(apply(v64, np.concatenate([x[:, :-1], 1.0 - x[:, -1:]], axis=1), train=False,
+                          return_features=True)[0])
   changed = np.abs(y2 - np.asarray(out)).max(axis=(0, 2)) > 1e-5
   assert changed.tolist() == ([True] * t if bidirectional else [False] * (t - 1) + [True])
 
@@ -566,19 +620,20 @@ def test_convbn_train_mode_matches_numpy_batch_norm():
   running = momentum * running + (1 - momentum) * batch (Flax convention; PyTorch momentum 0.01)."""
   unit = irn.ConvBN(5, (3, 3), (2, 2), "VALID")
   x = _input((4, 9, 8, 3), seed=6)
-  variables = random_variables(unit, x, seed=6)
-  y, upd = unit.apply(variables, x, train=True, mutable=["batch_stats"])
-  w = np.asarray(variables["params"]["conv"]["kernel"])
+  variables = _f64(random_variables(unit, x, seed=6))
+  x = np.asarray(x, np.float64)
+  with jax.enable_x64(True):  # float64 on both sides (see RTOL64)
+    y, upd = unit.apply(variables, x, train=True, mutable=["batch_stats"])
+  w = variables["params"]["conv"]["kernel"]
   with torch.no_grad():
-    z = nhwc(F.conv2d(nchw(x), _t(np.transpose(w, (3, 2, 0, 1))), stride=2)).astype(np.float64)
+    z = nhwc(F.conv2d(nchw(x), torch.from_numpy(np.transpose(w, (3, 2, 0, 1)).copy()), stride=2))
   mean, var = z.mean((0, 1, 2)), z.var((0, 1, 2))
   bn = variables["params"]["bn"]
-  want = np.maximum((z - mean) / np.sqrt(var + EPS) * np.asarray(bn["scale"]) + np.asarray(
-      bn["bias"]), 0.0)
-  _close(y, want, atol=1e-5)
+  want = np.maximum((z - mean) / np.sqrt(var + EPS) * bn["scale"] + bn["bias"], 0.0)
+  _parity64(y, want, "ConvBN")
   old = variables["batch_stats"]["bn"]
-  _close(upd["batch_stats"]["bn"]["mean"], 0.99 * np.asarray(old["mean"]) + 0.01 * mean, 1e-6)
-  _close(upd["batch_stats"]["bn"]["var"], 0.99 * np.asarray(old["var"]) + 0.01 * var, 1e-6)
+  _parity64(upd["batch_stats"]["bn"]["mean"], 0.99 * old["mean"] + 0.01 * mean, "running mean")
+  _parity64(upd["batch_stats"]["bn"]["var"], 0.99 * old["var"] + 0.01 * var, "running var")
 
 
 def test_train_mode_batch_stats_and_dropout():

@@ -29,6 +29,8 @@ class Spec:
   input_shape: Tuple[int, int, int] = (64, 64, 3)  # (H, W, C) for init / eval_shape
   smoke_shape: Tuple[int, int, int] = (32, 32, 3)  # (H, W, C) for the real init + apply
   smoke_kwargs: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"num_classes": 7})
+  # The kwarg that sets the number of outputs (classifiers: num_classes; regressors: num_outputs).
+  outputs_kwarg: str = "num_classes"
   # kwargs that make train mode stochastic (e.g. drop path); None if the family has no randomness.
   stochastic_kwargs: Optional[Dict[str, Any]] = None
 
@@ -55,7 +57,7 @@ def convnext_param_count(depths, dims, num_classes, stem_patch_size=4, in_channe
 _IRN_REF = "closed form (tests/test_inception_resnet.py closed_form_params) = PyTorch reference count"
 _IRN = dict(family="inception_resnet", reference=_IRN_REF, count_kwargs={},
             input_shape=(75, 75, 3), smoke_shape=(75, 75, 3),
-            smoke_kwargs={"num_classes": 7, "width_multiplier": 0.25},
+            smoke_kwargs={"num_outputs": 7, "width_multiplier": 0.25}, outputs_kwarg="num_outputs",
             stochastic_kwargs={"dropout_rate": 0.5})
 _EMX = dict(family="emonext", smoke_shape=(64, 64, 3),
             reference="closed form fer_jax.models.emonext.emonext_param_count(..., image_size=64)",
@@ -141,6 +143,14 @@ def test_param_count(name):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes["params"]))
 
 
+@pytest.mark.parametrize("name", [n for n in REGISTERED if n.startswith("inception_resnet")])
+def test_regressors_refuse_num_classes(name):
+  """The Inception-ResNet regressors take num_outputs only (no num_classes alias)."""
+  with pytest.raises(TypeError, match=rf"{name} takes num_outputs.*not num_classes=7"):
+    get_model(name, num_classes=7)
+  assert get_model(name, num_outputs=7).num_outputs == 7
+
+
 def _smallest_per_family():
   best = {}
   for name in REGISTERED:
@@ -168,13 +178,13 @@ def _run_all(eval_model, stoch_model):
 @pytest.mark.parametrize("name", _smallest_per_family())
 def test_smallest_variant_init_apply(name):
   spec = _spec(name)
-  n_cls = spec.smoke_kwargs.get("num_classes", 7)
+  n_cls = spec.smoke_kwargs.get(spec.outputs_kwarg, 7)
   x = jax.random.uniform(jax.random.key(0), (3, *spec.smoke_shape))
   model = get_model(name, **spec.smoke_kwargs)
   variables = jax.jit(model.init, static_argnames="train")(
       {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
-  # Changing num_classes changes only the classifier: (1000 - n) * (feature_dim + 1) params.
-  n_1000 = _count(_init_shapes(name, **{**spec.smoke_kwargs, "num_classes": 1000})["params"])
+  # Changing the output count changes only the head: (1000 - n) * (feature_dim + 1) params.
+  n_1000 = _count(_init_shapes(name, **{**spec.smoke_kwargs, spec.outputs_kwarg: 1000})["params"])
   diff = n_1000 - _count(variables["params"])
   assert diff > 0 and diff % (1000 - n_cls) == 0, (n_1000, diff)
 

@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 
 from fer_jax import config_utils
+from fer_jax.losses.terms import softmax_cross_entropy
 from fer_jax.train import optim, trainer
 from fer_jax.train import sharding
+from fer_jax.train.preprocess import preprocess_images
 
 
 def _config(**kw):
   c = config_utils.base_config()
   c.dataset.num_classes = 3
   c.input.update(resize=8, crop=8, channels=3)
-  c.model_name = "convnext"
-  c.model = dict(num_classes=3, depths=(1, 1), dims=(4, 8), stem_patch_size=2,
-                 layer_scale_init_value=1.0)
+  c.model.backbone = dict(name="convnext", depths=(1, 1), dims=(4, 8), stem_patch_size=2,
+                          layer_scale_init_value=1.0)
+  c.model.head = dict(name="linear", num_outputs=3)
   c.optimizer.update(lr=0.05, weight_decay=0.0, grad_clip_norm=0.0)
   c.schedule.name = "constant"
   for k, v in kw.items():
@@ -25,6 +27,13 @@ def _config(**kw):
     else:
       c[k] = v
   return c
+
+
+def _step(c, model, tx):
+  task = trainer.get_task(c)
+  task.bind_model(model.input_names)
+  return jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx, config=c,
+                                                 task=task))
 
 
 def _setup(c):
@@ -49,21 +58,21 @@ def test_cross_entropy_with_label_smoothing_matches_numpy():
   eps = 0.2
   targets = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[labels]
   want = -(targets * _np_log_softmax(logits)).sum(-1).mean()
-  got = trainer.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 3, eps)
+  got = softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_preprocess_grey_to_rgb_and_standardization():
   c = _config()
   img = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10
-  x = np.asarray(trainer.preprocess_images(jnp.asarray(img), c))
+  x = np.asarray(preprocess_images(jnp.asarray(img), c))
   assert x.shape == (1, 4, 4, 3)
   np.testing.assert_allclose(x[..., 1], img[..., 0] / 255.0, rtol=1e-6)
   c.input.per_image_standardization = True
-  x = np.asarray(trainer.preprocess_images(jnp.asarray(img), c))
+  x = np.asarray(preprocess_images(jnp.asarray(img), c))
   f = img / 255.0
   np.testing.assert_allclose(x[..., 0], ((f - f.mean()) / f.std())[..., 0], rtol=1e-5, atol=1e-6)
-  blank = np.asarray(trainer.preprocess_images(jnp.zeros((1, 4, 4, 1), jnp.uint8), c))
+  blank = np.asarray(preprocess_images(jnp.zeros((1, 4, 4, 1), jnp.uint8), c))
   np.testing.assert_array_equal(blank, 0.0)  # no division by zero
 
 
@@ -73,12 +82,12 @@ def test_step_applies_sgd_update_and_ema():
   p0 = jax.tree.map(np.asarray, state.params)
 
   def loss(params):
-    x = trainer.preprocess_images(batch["image"], c)
-    return trainer.cross_entropy(model.apply({"params": params}, x, train=False), batch["label"], 3)
+    x = preprocess_images(batch["image"], c)
+    return softmax_cross_entropy(model.apply({"params": params}, train=False, image=x)["logits"],
+                                 batch["label"])
 
   grads = jax.jit(jax.grad(loss))(state.params)
-  new, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx,
-                                                          config=c))(state, batch)
+  new, metrics = _step(c, model, tx)(state, batch)
   assert int(new.step) == 1 and bool(metrics["finite"])
   np.testing.assert_allclose(float(metrics["loss"]), float(jax.jit(loss)(state.params)), rtol=1e-5)
   for p, g, q, e in zip(jax.tree.leaves(p0), jax.tree.leaves(grads), jax.tree.leaves(new.params),
@@ -92,8 +101,7 @@ def test_non_finite_loss_leaves_state_untouched():
   c = _config()
   model, tx, state, batch = _setup(c)
   bad = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params))
-  new, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx,
-                                                          config=c))(bad, batch)
+  new, metrics = _step(c, model, tx)(bad, batch)
   assert not bool(metrics["finite"])
   assert int(new.step) == 0
   for a, b in zip(jax.tree.leaves(bad), jax.tree.leaves(new)):
@@ -108,7 +116,7 @@ def test_bf16_compute_close_to_float32():
   for c in (c32, c16):
     model = trainer.create_model(c)
     tx = optim.create_optimizer(c, optim.create_schedule(c, 10))
-    step = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.key(1), model=model, tx=tx, config=c))
+    step = _step(c, model, tx)
     _, m = step(state, batch)
     losses.append(float(m["loss"]))
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # params stay float32

@@ -68,24 +68,27 @@ class _FrameFeatures(nn.Module):
     return x.reshape(x.shape[:-3] + (-1,))
 
 
-class ToyFrameRegressor(nn.Module):
-  """Images (N, H, W, C) -> (N, 2) in (-1, 1)."""
+class ToyFrameBackbone(nn.Module):
+  """Images (N, H, W, C) -> {'features': (N, 32)}."""
+
+  input_names = ("image",)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    return jnp.tanh(nn.Dense(2)(nn.relu(nn.Dense(32)(_FrameFeatures()(x)))))
+  def __call__(self, image, *, train: bool = False):
+    return {"features": nn.relu(nn.Dense(32)(_FrameFeatures()(image)))}
 
 
-class ToySequenceRegressor(nn.Module):
-  """Clips (N, T, H, W, C) -> (N, T, 2): per-frame features -> LSTM -> tanh."""
+class ToySequenceBackbone(nn.Module):
+  """Clips (N, T, H, W, C) -> {'features': (N, T, 16)}: per-frame features -> LSTM."""
+
+  input_names = ("frames",)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    n, t = x.shape[:2]
-    f = _FrameFeatures()(x.reshape((n * t,) + x.shape[2:])).reshape(n, t, -1)
-    h = nn.RNN(nn.OptimizedLSTMCell(16))(nn.relu(nn.Dense(32)(f)))
-    return jnp.tanh(nn.Dense(2)(h))
+  def __call__(self, frames, *, train: bool = False):
+    n, t = frames.shape[:2]
+    f = _FrameFeatures()(frames.reshape((n * t,) + frames.shape[2:])).reshape(n, t, -1)
+    return {"features": nn.RNN(nn.OptimizedLSTMCell(16))(nn.relu(nn.Dense(32)(f)))}
 
 
-registry.register("toy_frame_regressor", ToyFrameRegressor)
-registry.register("toy_sequence_regressor", ToySequenceRegressor)
+registry.BACKBONES.register("toy_frame", ToyFrameBackbone)
+registry.BACKBONES.register("toy_sequence", ToySequenceBackbone)

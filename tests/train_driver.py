@@ -24,12 +24,13 @@ from fer_jax.train import trainer  # noqa: E402
 def toy_config(steps: int):
   c = config_utils.base_config()
   c.dataset.update(name="toy_blobs", import_module="toy_blobs", data_dir=os.environ["TOY_DATA_DIR"],
-                   num_classes=4, image_size=16, test_split=None)
+                   num_classes=4, image_size=16)
+  c.evals = config_utils.evals("classification", test=None)
   c.input.update(batch_size=16, eval_batch_size=32, resize=18, crop=16, rotation=10.0, hflip=True,
                  num_threads=2)
-  c.model_name = "convnext_atto"
-  c.model = dict(num_classes=4, stem_patch_size=2, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
-                 drop_path_rate=0.1)
+  c.model.backbone = dict(name="convnext", stem_patch_size=2, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
+                          drop_path_rate=0.1)
+  c.model.head = dict(name="linear", num_outputs=4)
   c.optimizer.update(lr=3e-3)
   c.schedule.update(name="warmup_cosine", warmup_steps=3)
   c.ema.update(decay=0.9, every=2)

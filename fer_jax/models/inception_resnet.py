@@ -58,6 +58,12 @@ reduction_b, block_c_{j}}`` with units named after their branch (``b1_3x3``, ...
 ``{conv, bn}``, residual projections ``up``; ``head``; LSTM model: ``lstm_{i}`` (or
 ``lstm_{i}_forward`` and ``lstm_{i}_backward``), each with the LSTMCell parameters ii/if/ig/io
 (kernels) and hi/hf/hg/ho (kernels + biases).
+
+Backbones (registry ``BACKBONES``, for the backbone / head models): 'inception_resnet'
+(``InceptionResNetBackbone``: images -> {'features': (B, F)}, the tree of the models' ``backbone``
+subtree) and 'inception_resnet_lstm' (``InceptionResNetLSTMBackbone``: clips -> {'features':
+(B, T, H')}, the LSTM model's tree minus ``head``). The registered whole models take
+``num_outputs``; they refuse ``num_classes`` (a ``TypeError`` that names it).
 """
 
 from __future__ import annotations

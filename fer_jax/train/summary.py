@@ -14,18 +14,20 @@ and flushed after each call, so a killed run loses nothing already written. In t
   * ``write_hparams({name: value})``: the hparams plugin's session start info (as TF's ``hp.hparams``
     writes it): bool / int / float / str values as they are, anything else as ``str(value)``.
 
-:class:`ProgressReporter` replaces ``clu.periodic_actions.ReportProgress``: a ``steps_per_sec`` scalar
-and a logged ETA every ``every_steps`` steps.
+(``clu.periodic_actions.ReportProgress`` has no counterpart: the trainer logs steps/s, images/s and ETA.)
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
 from absl import logging
+
+_FILE_IDS = itertools.count()
 
 
 def _scalar(value: Any) -> float:
@@ -73,7 +75,10 @@ class MetricWriter:
       from tensorboardX.proto import event_pb2
       self._tbx, self._event_pb2 = tbx_summary, event_pb2
       os.makedirs(logdir, exist_ok=True)
-      self._events = EventsWriter(os.path.join(logdir, "events"))
+      # events.out.tfevents.<seconds>.<host>.<pid>.<n>: the suffix keeps two writers opened in the same
+      # second (say a run and then evaluate_checkpoint) from truncating each other's file.
+      self._events = EventsWriter(os.path.join(logdir, "events"),
+                                  filename_suffix=f".{os.getpid()}.{next(_FILE_IDS)}")
 
   def _write(self, step: Optional[int], summaries) -> None:
     for summary_proto in summaries:
@@ -128,45 +133,3 @@ class MetricWriter:
 def create_writer(workdir: str, just_logging: bool = False) -> MetricWriter:
   """Logs every call; also writes TensorBoard events under ``workdir`` unless ``just_logging``."""
   return MetricWriter(None if just_logging else workdir)
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-class ProgressReporter:
-  """Every ``every_steps`` steps (and at the last): writes ``steps_per_sec`` and logs the ETA.
-
-  The rate is measured since the previous report; the first call only starts the clock, so the
-  first interval excludes compilation that happened before it.
-  """
-
-  def __init__(self, num_train_steps: int, writer: Optional[MetricWriter] = None,
-               every_steps: int = 100):
-    if every_steps < 1:
-      raise ValueError(f"every_steps must be >= 1, got {every_steps!r}")
-    self.num_train_steps, self.writer, self.every_steps = num_train_steps, writer, every_steps
-    self._last: Optional[tuple] = None  # (step, time) of the previous report
-
-  def __call__(self, step: int) -> Optional[float]:
-    """Returns the steps per second when it reports, else None."""
-    now = time.monotonic()
-    if self._last is None:
-      self._last = (step, now)
-      return None
-    if step % self.every_steps and step != self.num_train_steps:
-      return None
-    last_step, last_time = self._last
-    if step <= last_step:
-      return None
-    rate = (step - last_step) / max(now - last_time, 1e-9)
-    self._last = (step, now)
-    if self.writer is not None:
-      self.writer.write_scalars(step, {"steps_per_sec": rate})
-    eta = (self.num_train_steps - step) / rate if self.num_train_steps else 0.0
-    logging.info("Step %d/%d: %.3g steps/s, ETA %s", step, self.num_train_steps, rate,
-                 _format_duration(eta))
-    return rate
