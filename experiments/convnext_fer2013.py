@@ -10,7 +10,7 @@ CPU-sized run (the README's results table; <= 60 min on 2 cores):
 
 Options (after ``:``): ``size`` (atto|femto|pico|nano|tiny|small|base|large|xlarge), ``res`` (input
 crop size; images are resized to res*52/48 then cropped, as EmoNeXt resizes 236 -> crops 224),
-``patch`` (stem patch size; default 2 below 64 px, else 4), ``epochs`` or ``steps``, ``batch``, ``lr``,
+``patch`` (stem patch size; default 2 below 64 px, else 4), ``epochs`` (default 16) or ``steps``, ``batch``, ``lr``,
 ``ferplus`` (FER+ majority labels, 8 classes), ``ten_crop`` (ten-crop test), ``runlocal``.
 """
 
@@ -20,7 +20,7 @@ SIZES = ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xla
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, size="atto", res=64, patch=0, epochs=16.0, steps=0, batch=128,
+  arg = config_utils.parse_arg(arg, size="atto", res=64, patch=0, epochs=0.0, steps=0, batch=128,
                                ferplus=False, ten_crop=False, runlocal=False, lr=2e-3)
   config_utils.check_choice(arg, "size", SIZES)
   c = config_utils.base_config()
@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.schedule.update(name="warmup_cosine", warmup_steps=300)
   config_utils.check_steps_or_epochs(arg)
   c.num_train_steps = arg.steps
-  c.num_epochs = 0.0 if arg.steps else arg.epochs
+  c.num_epochs = 0.0 if arg.steps else (arg.epochs or 16.0)
   c.log_every_steps = 100
   # validation = PublicTest; test = PrivateTest, evaluated only when the CSV holds it.
   c.evals = config_utils.evals("classification", every_steps=1000)

@@ -12,6 +12,7 @@ run frame by frame followed by ``torch.nn.LSTM`` with copied weights.
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +35,9 @@ F = torch.nn.functional
 # outputs get bounds derived from that float32 step, in units of U32.
 RTOL64 = 1e-9
 U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
-# XLA's float32 tanh is a rational approximation: <= 4.5 U32 relative error measured on [-30, 30].
-TANH_ERR = 16 * U32
+# XLA's float32 tanh is a rational approximation: relative error <= 4.5 U32 measured on a dense
+# grid of [-30, 30]; we allow 16 U32.
+ACT_ERR = 16 * U32
 EPS = 1e-3
 
 # ----------------------------------------------------------------------------- torch reference
@@ -319,8 +321,8 @@ def _parity64(got, want, what=""):
 
 def _tanh_f32_tol(y, out, tol_y):
   """Bound on |tanh_f32(fl32(y~)) - tanh(y)| given |y~ - y| <= tol_y: tanh is 1-Lipschitz; y~ is
-  rounded to float32 (U32 |y|); the float32 tanh itself is within TANH_ERR |out|."""
-  return tol_y + U32 * np.abs(y) + TANH_ERR * np.abs(out) + RTOL64
+  rounded to float32 (U32 |y|); the float32 tanh itself is within ACT_ERR |out|."""
+  return tol_y + U32 * np.abs(y) + ACT_ERR * np.abs(out) + RTOL64
 
 
 # ----------------------------------------------------------------------------- closed form
@@ -568,6 +570,16 @@ def _torch_lstm_from_flax(params, hidden, layers, bidirectional, in_dim):
   return lstm
 
 
+def _float64_carry(next_fun, args, kwargs, context):
+  """Flax method interceptor: Flax's RNN starts from a zero carry in the cell's param_dtype
+  (float32); with float64 parameters under x64 the cell computes in float64, so the scan needs a
+  float64 zero carry. Only the dtype of the (zero) initial state changes."""
+  out = next_fun(*args, **kwargs)
+  if context.method_name == "initialize_carry":
+    out = jax.tree.map(lambda a: a.astype(jnp.float64), out)
+  return out
+
+
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
 def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   hidden, b, t = 16, 2, 3
@@ -576,23 +588,35 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   x = np.asarray(_input((b, t, 75, 75, 3), seed=4), np.float64)
   variables = random_variables(model, x, seed=4)
   v64 = _f64(variables)
-  apply = jax.jit(model.apply, static_argnames=("train", "return_features"))
+
+  @jax.jit
+  def apply(v, x):  # float64 throughout but the float32 pooling and tanh (see the top)
+    with nn.intercept_methods(_float64_carry):
+      return model.apply(v, x, train=False, return_features=True, capture_intermediates=True,
+                         mutable=["intermediates"])
+
   backbone = irn.InceptionResNetV1(**model.backbone_kwargs())
   bvars = {"params": v64["params"]["backbone"], "batch_stats": v64["batch_stats"]["backbone"]}
   apply_b = jax.jit(backbone.apply)
-  with jax.enable_x64(True):  # float64 throughout but the float32 pooling and tanh (see top)
-    out, lstm_out = apply(v64, x, train=False, return_features=True)
-    # The LSTM's input: the pooled (float32) backbone features, frame by frame.
+  with jax.enable_x64(True):
+    (out, lstm_out), state = apply(v64, x)
+    # The backbone frame by frame.
     feats = np.stack([np.asarray(apply_b(bvars, x[:, i])) for i in range(t)], axis=1)  # (B, T, F)
   assert out.shape == (b, t, 2) and lstm_out.shape == (b, t, hidden * (1 + bidirectional))
+  # The LSTM's input: the model's pooled (float32) features of all B * T frames at once. Its float64
+  # trunk agrees with the per-frame one to float64 precision, and at 75 px the last map is 1 x 1, so
+  # pooling is one rounding to float32: at most one flipped rounding apart, <= 2 U32 |f|.
+  model_feats = np.asarray(state["intermediates"]["backbone"]["__call__"][0]).reshape(feats.shape)
+  assert irn.feature_sizes(75)[-1] == 1 and model_feats.dtype == np.float32
+  _within(feats, model_feats, 2 * U32 * np.abs(model_feats), "per-frame backbone")
   in_dim = feats.shape[-1]
   lstm = _torch_lstm_from_flax(variables["params"], hidden, layers, bidirectional, in_dim).double()
   with torch.no_grad():
-    t_lstm = lstm(torch.from_numpy(feats.astype(np.float64)))[0].numpy()
+    t_lstm = lstm(torch.from_numpy(model_feats.astype(np.float64)))[0].numpy()
   head = v64["params"]["head"]
   y = t_lstm @ head["kernel"] + head["bias"]
   want = np.tanh(y)
-  _parity64(lstm_out, t_lstm, "lstm")  # float64 LSTM returned rounded to float32
+  _parity64(lstm_out, t_lstm, "lstm")  # the float64 LSTM's output, returned rounded to float32
   _within(out, want, _tanh_f32_tol(y, want, 0.0), "outputs")  # float64 head, float32 tanh
   assert np.all(np.abs(np.asarray(out)) < 1.0)
   assert np.abs(want[:, 1:] - want[:, :1]).max() > 1e-3  # frames differ
@@ -606,8 +630,7 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   # Changing the last frame changes only the last output of a unidirectional LSTM, all of a
   # bidirectional one.
   with jax.enable_x64(True):
-    y2 = np.asarray(apply(v64, np.concatenate([x[:, :-1], 1.0 - x[:, -1:]], axis=1), train=False,
-                          return_features=True)[0])
+    y2 = np.asarray(apply(v64, np.concatenate([x[:, :-1], 1.0 - x[:, -1:]], axis=1))[0][0])
   changed = np.abs(y2 - np.asarray(out)).max(axis=(0, 2)) > 1e-5
   assert changed.tolist() == ([True] * t if bidirectional else [False] * (t - 1) + [True])
 

@@ -7,7 +7,6 @@ Videos are stored as overlapping clips of 6 frames every 4 frames (the tail clip
 """
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
