@@ -5,7 +5,26 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import textwrap
 from typing import Any, Tuple
+
+# Prepended to a ``python -c`` program: ``import tensorflow`` then raises ModuleNotFoundError exactly as
+# if it were not installed (``importlib.util.find_spec('tensorflow')`` returns None, as etils and flax
+# expect; a meta-path finder that raises, or ``sys.modules['tensorflow'] = None``, would break them).
+HIDE_TENSORFLOW = textwrap.dedent("""\
+    import importlib.machinery
+    import sys
+
+    class _HideTensorFlow(importlib.machinery.PathFinder):
+      @classmethod
+      def find_spec(cls, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+          return None
+        return super().find_spec(name, path, target)
+
+    sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
+                        for f in sys.meta_path]
+    """)
 
 
 def import_timm() -> Tuple[Any, Any]:

@@ -571,13 +571,16 @@ def _torch_lstm_from_flax(params, hidden, layers, bidirectional, in_dim):
 
 
 def _float64_carry(next_fun, args, kwargs, context):
-  """Flax method interceptor: Flax's RNN starts from a zero carry in the cell's param_dtype
-  (float32); with float64 parameters under x64 the cell computes in float64, so the scan needs a
-  float64 zero carry. Only the dtype of the (zero) initial state changes."""
-  out = next_fun(*args, **kwargs)
-  if context.method_name == "initialize_carry":
-    out = jax.tree.map(lambda a: a.astype(jnp.float64), out)
-  return out
+  """Flax method interceptor for nn.RNN: with no initial carry given, nn.RNN starts from the cell's
+  zero carry in its param_dtype (float32), but with float64 parameters under x64 the cell computes
+  in float64 and the scan needs a float64 carry: pass the same zeros as float64."""
+  if (isinstance(context.module, nn.RNN) and context.method_name == "__call__"
+      and kwargs.get("initial_carry") is None and not context.module.time_major):
+    inputs = args[0]  # (B, T, F)
+    carry = context.module.cell.initialize_carry(jax.random.key(0),
+                                                 inputs.shape[:1] + inputs.shape[2:])
+    kwargs = dict(kwargs, initial_carry=jax.tree.map(lambda a: a.astype(jnp.float64), carry))
+  return next_fun(*args, **kwargs)
 
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])

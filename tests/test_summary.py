@@ -15,6 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from fer_jax.testing import HIDE_TENSORFLOW
 from fer_jax.train import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,22 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # does not find tensorflow / tensorflow.*: `import tensorflow` raises ModuleNotFoundError and
 # importlib.util.find_spec("tensorflow") is None (a finder that raised ImportError instead would break
 # flax.io and etils.epath, which probe for TensorFlow with find_spec).
-HIDE_TENSORFLOW = textwrap.dedent("""\
-    import importlib.machinery
-    import sys
-
-    class _HideTensorFlow(importlib.machinery.PathFinder):
-      @classmethod
-      def find_spec(cls, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-          return None
-        return super().find_spec(name, path, target)
-
-    sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
-                        for f in sys.meta_path]
-    """)
-
-
 def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
   proc = subprocess.run([sys.executable, "-c", HIDE_TENSORFLOW + textwrap.dedent(code)],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
