@@ -64,7 +64,7 @@ def _classification_data(seed=0, n=41):
   labels = r.integers(0, 3, n)  # 'neutral' (3) never a label
   predictions = np.where(r.uniform(size=n) < 0.6, labels, r.integers(0, 4, n))
   mask = np.ones(n, bool)
-  mask[[3, 17, 40]] = False  # padding: wrong predictions that would count if kept
+  mask[[i for i in (3, 17, 40) if i < n]] = False  # padding: wrong predictions that would count if kept
   predictions[~mask] = (labels[~mask] + 1) % 4
   return {"predictions": predictions, "labels": labels, "mask": mask}
 
@@ -182,7 +182,7 @@ def _affect_data(seed=0):
       clips["mask"].append(valid)
     for f in range(n):
       truth[(v, f)] = (labels[f], np.mean(occurrences[f], 0))
-  # A whole padded clip (e.g. the end of the last global batch).
+  # A whole padded clip (e.g. the end of the last global batch): 4 + 3 + 2 + 1 = 10 clips.
   clips["video"].append(0)
   clips["frame_index"].append(np.zeros(t, int))
   clips["predictions"].append(np.full((t, 2), 9.0))
@@ -198,7 +198,7 @@ def test_affect_matches_numpy(tmp_path):
   arrays, truth = _affect_data()
   names = ("valence", "arousal")
   ev = EVALUATORS.get("affect")(types.SimpleNamespace(names=names), "test")
-  batches = _batches(arrays, [3, 3, 3, 2])
+  batches = _batches(arrays, [3, 3, 3, 1])
   video_names = {7: "clip_seven", 2: "clip_two", 11: "clip_eleven", 0: "pad"}
   for b in batches:  # host-local names, as bytes (tf.data strings)
     b["video_name"] = np.array([video_names[int(v)].encode() for v in b["video"]], object)
@@ -254,7 +254,7 @@ def test_affect_matches_numpy(tmp_path):
 def test_affect_without_video_names_uses_ids():
   arrays, _ = _affect_data(1)
   ev = EVALUATORS.get("affect")(types.SimpleNamespace(names=("valence", "arousal")), "test")
-  result = ev.run(_predict_from(arrays), _batches(arrays, [11]))
+  result = ev.run(_predict_from(arrays), _batches(arrays, [10]))
   assert set(ev.to_json(result)["per_video"]) == {"2", "7", "11"}
 
 
@@ -263,7 +263,7 @@ def test_affect_conflicting_labels_raise():
   arrays["targets"][1, 0] += 0.5  # clip 1 re-labels frame 3 of video 7, also in clip 0
   ev = EVALUATORS.get("affect")(types.SimpleNamespace(names=("valence", "arousal")), "test")
   with pytest.raises(ValueError, match=r"The same \(video, frame\) has different labels in different clips"):
-    ev.run(_predict_from(arrays), _batches(arrays, [11]))
+    ev.run(_predict_from(arrays), _batches(arrays, [10]))
 
 
 # ----------------------------------------------------------------------------- multilabel
@@ -278,7 +278,7 @@ def _multilabel_data(seed=0, n=30):
   scores = (labels + r.normal(size=(n, 5))).astype(np.float32)
   scores[:, 4] = np.round(scores[:, 4])  # ties
   mask = np.ones(n, bool)
-  mask[[0, 9, 29]] = False
+  mask[[i for i in (0, 9, 29) if i < n]] = False
   labels[~mask] = 1.0  # padding with perfect positives that would change every AP
   scores[~mask] = 50.0
   return {"scores": scores, "labels": labels, "mask": mask}
@@ -324,7 +324,7 @@ def _au_data(seed=0, n=40):
   targets = np.where(r.uniform(size=(n, 4)) < 0.5, 0.0, r.uniform(0, 1, size=(n, 4))).astype(np.float32)
   predictions = np.clip(targets + 0.25 * r.normal(size=(n, 4)), 0, 1).astype(np.float32)
   mask = np.ones(n, bool)
-  mask[[5, 6, 38, 39]] = False
+  mask[[i for i in (5, 6, 38, 39) if i < n]] = False
   predictions[~mask] = 1.0  # padding far from its targets
   targets[~mask] = 0.0
   return {"predictions": predictions, "targets": targets, "mask": mask}

@@ -88,3 +88,56 @@ def test_bad_aug_config():
     pipeline.AugmentConfig(eval_crops="five")
   with pytest.raises(ValueError, match="crop=56 is larger than input.resize=48"):
     pipeline.AugmentConfig(resize=48, crop=56)
+
+
+def test_records_with_any_fields_two_images_of_different_sizes():
+  """A SeLiNet-like record: body crop and whole image at their own sizes, multi-hot and float targets,
+  landmarks passed through."""
+  rng = np.random.default_rng(5)
+  src = [{"body": rng.integers(0, 256, (40, 30, 3), dtype=np.uint8),
+          "context": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+          "cats": (rng.random(26) < 0.2).astype(np.int64), "vad": rng.random(3),
+          "landmarks": rng.random((68, 2)).astype(np.float32), "label": i % 3} for i in range(12)]
+  fields = {
+      "body": pipeline.Field("body", "image", aug=pipeline.AugmentConfig(resize=32, crop=28, hflip=True)),
+      "context": pipeline.Field("context", "image", aug=pipeline.AugmentConfig(resize=48, crop=40)),
+      "multi_hot": pipeline.Field("cats", "float", shape=(26,)),
+      "vad": pipeline.Field("vad", "float"),
+      "landmarks": pipeline.Field("landmarks", "array"),
+  }
+  ds = pipeline.train_dataset(src, pipeline.AugmentConfig(), batch_size=4, seed=0,
+                              transform=pipeline.RecordTrainTransform(fields, pipeline.AugmentConfig()))
+  b = next(iter(ds))
+  assert b["body"].shape == (4, 28, 28, 3) and b["context"].shape == (4, 40, 40, 3)
+  assert b["multi_hot"].dtype == np.float32 and b["multi_hot"].shape == (4, 26)
+  assert b["vad"].dtype == np.float32 and b["landmarks"].shape == (4, 68, 2)
+  ev = pipeline.RecordEvalTransform(fields, pipeline.AugmentConfig()).map(src[3])
+  np.testing.assert_array_equal(ev["multi_hot"], src[3]["cats"].astype(np.float32))
+  np.testing.assert_array_equal(ev["landmarks"], src[3]["landmarks"])
+  np.testing.assert_array_equal(ev["context"], pipeline.center_crop(pipeline.resize(src[3]["context"], 48), 40))
+  assert ev["mask"]
+  with pytest.raises(ValueError, match=r"Record field 'cats' has shape \(26,\); expected \(25,\)"):
+    pipeline.Field("cats", "float", shape=(25,)).read(src[0], pipeline.AugmentConfig(), None)
+  with pytest.raises(KeyError, match=r"Record has no field 'face'; it has \['body'"):
+    pipeline.Field("face", "image").read(src[0], pipeline.AugmentConfig(), None)
+  with pytest.raises(ValueError, match=r"kind='picture'; expected one of"):
+    pipeline.Field("x", "picture")
+
+
+def test_one_augmentation_for_images_and_clips():
+  """A clip is augmented exactly as each of its frames would be with the same random draws."""
+  aug = pipeline.AugmentConfig(resize=20, crop=16, rotation=12.0, hflip=True, vflip=True)
+  frames = np.random.default_rng(7).integers(0, 256, (3, 18, 18, 1), dtype=np.uint8)
+  for seed in range(6):
+    clip = pipeline.augment(frames, aug, np.random.default_rng(seed))
+    for t in range(3):
+      np.testing.assert_array_equal(clip[t], pipeline.augment(frames[t], aug, np.random.default_rng(seed)))
+  # Reference for one draw: resize -> rotate -> crop -> flips, by hand.
+  rng = np.random.default_rng(0)
+  angle = rng.uniform(-12.0, 12.0)
+  top, left = rng.integers(0, 5), rng.integers(0, 5)
+  h, v = rng.random() < 0.5, rng.random() < 0.5
+  want = pipeline.rotate(pipeline.resize(frames[0], 20), angle)[top:top + 16, left:left + 16]
+  want = want[:, ::-1] if h else want
+  want = want[::-1] if v else want
+  np.testing.assert_array_equal(pipeline.augment(frames[0], aug, np.random.default_rng(0)), want)
