@@ -1,14 +1,14 @@
 """Name -> constructor registries (scenic / big_vision style).
 
-Configs hold names plus kwargs (``model_name='convnext_atto'``, ``task='classification'``,
-``evals.val.type='classification'``); code resolves the names here. An unknown name raises a
+Configs hold names plus kwargs (``model.backbone.name='convnext'``, ``task='classification'``,
+``evals.validation.type='classification'``); code resolves the names here. An unknown name raises a
 ``KeyError`` that lists every known name, so a typo in a config fails at once with a message that
 says what was expected.
 
 The registries a paper adds to (none of them needs an edit of the trainer):
 
 =============  =========================================================================
-``MODELS``     whole models (``model_name``): ``model.apply(v, train=..., **inputs)``
+``MODELS``     whole models for import (``get_model('convnext_tiny')``, timm-parity classifiers)
 ``BACKBONES``  named inputs -> ``{'features': ..., aux...}`` (``fer_jax.models.backbones``)
 ``HEADS``      features -> named outputs (``fer_jax.models.heads``)
 ``TASKS``      record fields, model call and loss terms (``fer_jax.train.tasks``)

@@ -127,9 +127,6 @@ def test_classification_batches_may_be_fully_padded():
                                                  labels=range(4)))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ConfusionMatrix.from_model_output (used by the classification "
-                   "evaluator) does not check labels: an unmasked label -1 wraps around (JAX negative "
-                   "index) and is counted in the last row instead of raising")
 def test_classification_rejects_out_of_range_labels():
   data = {"predictions": np.array([0, 1, 2]), "labels": np.array([0, -1, 2]), "mask": np.ones(3, bool)}
   task = types.SimpleNamespace(num_classes=4, class_names=CLASS_NAMES)

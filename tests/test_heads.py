@@ -213,8 +213,6 @@ def test_cosine_head_bad_num_outputs():
     _init(build_head({"name": "cosine", "num_outputs": 0}), _features())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CosineHead does not validate dropout_rate (the dense heads "
-                   "do); dropout_rate=1.5 silently zeroes every feature in train mode")
 def test_cosine_head_rejects_bad_dropout_rate():
   with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
     _init(build_head({"name": "cosine", "num_outputs": K, "dropout_rate": 1.5}), _features())

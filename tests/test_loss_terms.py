@@ -291,8 +291,6 @@ def test_emotic_l2_matches_numpy():
                              (sq * w).sum(), rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: build_loss skips the option check for terms with **options "
-                   "(emotic_l2), so a misspelt option fails only when the loss is first called")
 def test_emotic_l2_unknown_option_fails_in_build_loss():
   with pytest.raises(ValueError, match=r"config.loss.emotic_l2 has unknown option\(s\) \['wieghts'\]"):
     build_loss({"emotic_l2": {"weight": 1.0, "wieghts": "dynamic"}})

@@ -24,6 +24,11 @@ class ClassificationEvaluator(Evaluator):
     metric = cls_metrics.ConfusionMatrix.empty(n)
     for batch in dataset:
       out = predict_fn(batch)
+      labels = np.asarray(out["labels"])[np.asarray(out["mask"]).astype(bool)]
+      bad = (labels < 0) | (labels >= n)
+      if bad.any():
+        raise ValueError(f"evaluator {self.name!r}: label {labels[bad][0]} outside [0, {n}) "
+                         "(config.dataset.num_classes)")
       metric = metric.merge(cls_metrics.ConfusionMatrix.from_model_output(
           predictions=np.asarray(out["predictions"]), labels=np.asarray(out["labels"]), num_classes=n,
           mask=np.asarray(out["mask"])))

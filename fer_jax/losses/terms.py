@@ -123,10 +123,13 @@ def multilabel_term(outputs: Arrays, batch: Arrays, *, prediction: str = "multil
 
 @LOSSES.register("emotic_l2")
 def emotic_l2_term(outputs: Arrays, batch: Arrays, *, prediction: str = "multilabel_logits",
-                   target: str = "multi_hot", **options: Any) -> jax.Array:
+                   target: str = "multi_hot", weights: Any = None, c: float = 1.2,
+                   dynamic_stat: str = "count", absent_weight: Optional[float] = 1e-4,
+                   reduction: str = "mean") -> jax.Array:
   return affect.emotic_weighted_l2_loss(
       _get(outputs, prediction, "model output", "emotic_l2"),
-      _get(batch, target, "batch field", "emotic_l2"), **options)
+      _get(batch, target, "batch field", "emotic_l2"), weights, c, dynamic_stat=dynamic_stat,
+      absent_weight=absent_weight, reduction=reduction)
 
 
 def build_loss(loss_config: Mapping[str, Any]) -> Callable[[Arrays, Arrays], Tuple[jax.Array, Dict[str, jax.Array]]]:
@@ -161,8 +164,6 @@ def build_loss(loss_config: Mapping[str, Any]) -> Callable[[Arrays, Arrays], Tup
 def _check_options(fn, name: str, options: Mapping[str, Any]) -> None:
   import inspect
   params = inspect.signature(fn).parameters
-  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-    return
   allowed = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY]
   unknown = sorted(set(options) - set(allowed))
   if unknown:

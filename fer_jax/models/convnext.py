@@ -286,6 +286,13 @@ class ConvNeXt(nn.Module):
   def _check_config(self):
     check_convnext_fields(self)
 
+  def _pooled(self, x: jax.Array, train: bool) -> Tuple[jax.Array, Any]:
+    """(pooled features in the compute dtype, what ``return_features`` returns beside the logits:
+    here the float32 features). Subclasses (EmoNeXt) add layers in front and outputs beside."""
+    x = prepare_image(x, self.stem_patch_size, len(self.dims), self.dtype, type(self).__name__)
+    features = convnext_trunk(self, x, train, self.depths, self.dims)
+    return features, features.astype(jnp.float32)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
     """Maps images (B, H, W, C) to logits (B, num_classes).
@@ -294,16 +301,15 @@ class ConvNeXt(nn.Module):
       x: float images, channels last.
       train: enables stochastic depth and head dropout (rng collection 'dropout').
       return_features: also return the pooled, LayerNorm-ed features (B, dims[-1]) that feed the
-        classifier, i.e. ``(logits, features)``.
+        classifier, i.e. ``(logits, features)`` (EmoNeXt: ``(logits, aux)``).
     """
     self._check_config()
-    x = prepare_image(x, self.stem_patch_size, len(self.dims), self.dtype, "ConvNeXt")
-    features = convnext_trunk(self, x, train, self.depths, self.dims)
-    features_out = features.astype(jnp.float32)
+    features, extra = self._pooled(x, train)
     if self.num_classes == 0:
-      return (features_out, features_out) if return_features else features_out
+      features = features.astype(jnp.float32)
+      return (features, extra) if return_features else features
     logits = classifier_head(self, features, train)
-    return (logits, features_out) if return_features else logits
+    return (logits, extra) if return_features else logits
 
 
 class ConvNeXtBackbone(nn.Module):
@@ -372,13 +378,19 @@ def load_pretrained(backbone_params: Mapping[str, Any],
   return jax.tree.map(lambda o, v: jnp.asarray(v, dtype=o.dtype), old, new)
 
 
-# Variants (depths, dims) as in timm / the official repository; EmoNeXt uses the same table.
-VARIANTS = {f"convnext_{size}": functools.partial(ConvNeXt, depths=d, dims=c)
-            for size, (d, c) in SIZES.items()}
+def register_sizes(family: str, cls) -> Dict[str, Any]:
+  """Registers ``{family}_{size}`` = ``partial(cls, depths=..., dims=...)`` for every ``SIZES`` entry
+  and ``family`` itself (custom depths / dims, e.g. the small model of
+  experiments/convnext_synthetic.py) in the model registry; returns the variants by name."""
+  variants = {f"{family}_{size}": functools.partial(cls, depths=d, dims=c)
+              for size, (d, c) in SIZES.items()}
+  for name, variant in variants.items():
+    register(name, variant)
+  register(family, cls)
+  return variants
+
+
+# Variants (depths, dims) as in timm / the official repository.
+VARIANTS = register_sizes("convnext", ConvNeXt)
 (ConvNeXtAtto, ConvNeXtFemto, ConvNeXtPico, ConvNeXtNano, ConvNeXtTiny, ConvNeXtSmall, ConvNeXtBase,
  ConvNeXtLarge, ConvNeXtXLarge) = VARIANTS.values()
-
-for _name, _variant in VARIANTS.items():
-  register(_name, _variant)
-# The family itself, for custom depths / dims (e.g. the small model of experiments/convnext_synthetic.py).
-register("convnext", ConvNeXt)

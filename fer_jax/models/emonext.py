@@ -63,10 +63,10 @@ import optax
 
 from fer_jax.layers.spatial_transformer import SpatialTransformer
 from fer_jax.layers.squeeze_excitation import SqueezeExcitation  # noqa: F401  (public name here too)
-from fer_jax.models.convnext import (SE_PLACEMENTS, SIZES, ConvNeXtBackbone, check_convnext_fields,
-                                     classifier_head, convnext_trunk, load_pretrained,
-                                     prepare_image, trunc_normal_init)
-from fer_jax.registry import BACKBONES, PRETRAINED, register
+from fer_jax.models.convnext import (SE_PLACEMENTS, SIZES, ConvNeXt, ConvNeXtBackbone,
+                                     check_convnext_fields, convnext_trunk, load_pretrained,
+                                     prepare_image, register_sizes, trunc_normal_init)
+from fer_jax.registry import BACKBONES, PRETRAINED
 
 SA_MODES = ("batch", "feature")
 SA_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by the official attention module.
@@ -162,8 +162,14 @@ def emonext_trunk(m, x: jax.Array, train: bool, depths: Sequence[int], dims: Seq
                     "attention": attention}
 
 
-class EmoNeXt(nn.Module):
+class EmoNeXt(ConvNeXt):
   """EmoNeXt classifier: [STN] -> ConvNeXt with SE -> GAP -> LN -> [dropout] -> Dense.
+
+  ``ConvNeXt`` with layers in front (STN), inside (SE) and beside (attention); ``__call__`` is
+  ConvNeXt's: ``model.apply(v, x, train)`` -> logits; ``return_features=True`` -> ``(logits, aux)``,
+  aux = {'features', 'sa_loss', 'attention'}. x: float images (B, H, W, C) (the official code feeds
+  [0, 1] pixels, 224 px); ``train`` also switches the STN's BatchNorms to batch statistics (needs
+  ``mutable=['batch_stats']`` when ``use_stn``).
 
   Attributes (ConvNeXt's, see ``fer_jax.models.convnext.ConvNeXt``, plus):
     use_stn: spatial transformer in front (official localisation net; input size fixed at init).
@@ -173,16 +179,6 @@ class EmoNeXt(nn.Module):
     sa_norm_epsilon: epsilon of the attention's LayerNorm (1e-5 as in the official code).
   """
 
-  num_classes: int = 1000
-  depths: Sequence[int] = (3, 3, 9, 3)
-  dims: Sequence[int] = (96, 192, 384, 768)
-  drop_path_rate: float = 0.0
-  layer_scale_init_value: Optional[float] = 1e-6
-  stem_patch_size: int = 4
-  head_init_scale: float = 1.0
-  head_dropout_rate: float = 0.0
-  dtype: Any = None
-  depthwise_impl: str = "auto"
   use_stn: bool = True
   se_placement: str = "downsample"
   se_reduction: int = 16
@@ -193,22 +189,8 @@ class EmoNeXt(nn.Module):
     check_convnext_fields(self)
     check_emonext_fields(self)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-    """Maps images (B, H, W, C) to logits (B, num_classes).
-
-    Args:
-      x: float images, channels last (the official code feeds [0, 1] pixels, 224 px).
-      train: stochastic depth / head dropout ('dropout' rng) and STN BatchNorm batch statistics
-        (needs ``mutable=['batch_stats']`` when ``use_stn``).
-      return_features: return ``(logits, aux)``, aux = {'features', 'sa_loss', 'attention'}.
-    """
-    self._check_config()
-    features, aux = emonext_trunk(self, x, train, self.depths, self.dims, "EmoNeXt")
-    if self.num_classes == 0:
-      return (aux["features"], aux) if return_features else aux["features"]
-    logits = classifier_head(self, features, train)
-    return (logits, aux) if return_features else logits
+  def _pooled(self, x: jax.Array, train: bool) -> Tuple[jax.Array, Dict[str, Any]]:
+    return emonext_trunk(self, x, train, self.depths, self.dims, "EmoNeXt")
 
 
 class EmoNeXtBackbone(ConvNeXtBackbone):
@@ -355,11 +337,6 @@ def format_param_count_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 # Variants: the ConvNeXt sizes (``fer_jax.models.convnext.SIZES``).
-VARIANTS = {f"emonext_{size}": functools.partial(EmoNeXt, depths=d, dims=c)
-            for size, (d, c) in SIZES.items()}
+VARIANTS = register_sizes("emonext", EmoNeXt)
 (EmoNeXtAtto, EmoNeXtFemto, EmoNeXtPico, EmoNeXtNano, EmoNeXtTiny, EmoNeXtSmall, EmoNeXtBase,
  EmoNeXtLarge, EmoNeXtXLarge) = VARIANTS.values()
-
-for _name, _variant in VARIANTS.items():
-  register(_name, _variant)
-register("emonext", EmoNeXt)

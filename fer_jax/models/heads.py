@@ -112,6 +112,8 @@ class CosineHead(nn.Module):
 
   @nn.compact
   def __call__(self, outputs: Mapping[str, jax.Array], *, train: bool = False) -> Dict[str, jax.Array]:
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"head dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(_features(outputs))
     cos = _CosineLayer(self.num_outputs, dtype=self.dtype, name="cosine")(x)
     return {self.output: cos.astype(jnp.float32)}

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
-
-def input_shape(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
-  """(H, W, C) of one image as the model sees it."""
-  size = config.input.get("crop") or config.input.get("resize") or config.dataset.image_size
-  return (size, size, config.input.get("channels", 3))
 
 
 def preprocess_images(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:

@@ -36,6 +36,8 @@ def au_mse_term(outputs: Batch, batch: Batch, *, prediction: str = OUTPUT, targe
   """mean_{b, k} w_bk (p_bk - y_bk)^2 / mean(w), w = ``present_weight`` where y > threshold else 1."""
   if prediction not in outputs:
     raise KeyError(f"loss term 'au_mse' needs the model output {prediction!r}; got {sorted(outputs)}")
+  if target not in batch:
+    raise KeyError(f"loss term 'au_mse' needs the batch field {target!r}; the batch fields are {sorted(batch)}")
   p = outputs[prediction].astype(jnp.float32)
   y = batch[target].astype(jnp.float32)
   w = jnp.where(y > threshold, present_weight, 1.0)
