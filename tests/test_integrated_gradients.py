@@ -23,6 +23,8 @@ B2 = RNG.normal(size=C).astype(np.float32)
 X = RNG.normal(size=(B, D)).astype(np.float32)
 BASE = (0.3 * RNG.normal(size=(B, D))).astype(np.float32)
 TARGET = np.array([0, 2, 1, 2])
+RTOL64 = 1e-9  # float64 parity, relative to the largest reference magnitude (see test_matches_captum)
+U32 = 2.0 ** -24  # float32 unit roundoff
 
 
 def mlp(x):
@@ -58,7 +60,9 @@ def test_approximation_parameters_match_captum(method, n):
   am = pytest.importorskip("captum.attr._utils.approximation_methods")
   steps_fn, alphas_fn = am.approximation_parameters(method)
   a, w = approximation_parameters(method, n)
-  np.testing.assert_allclose(a, alphas_fn(n), rtol=0, atol=1e-7)  # captum: float32 linspace
+  # captum: float32 linspace: the step (end - start) / (n - 1), its product with the index and the
+  # sum with start (or end) are rounded, each <= U32 of a value <= 1, then the result: <= 4 U32.
+  np.testing.assert_allclose(a, alphas_fn(n), rtol=0, atol=4 * U32)
   np.testing.assert_allclose(w, steps_fn(n), rtol=1e-12, atol=0)
 
 
@@ -141,23 +145,37 @@ def test_completeness_delta_shrinks_with_steps(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_matches_captum(method):
+  """Float64 on both sides. In float32 the two differ by ~1e-6 (summation order of the MLP and of
+  the steps); float64's unit roundoff is 2^29 ~ 5e8 times smaller, so RTOL64 has a wide margin, while
+  a wrong step weight or path point gives >~1e-3. Both must use the same alphas: captum takes them
+  from a float32 linspace, exact for dyadic values, so n_steps is 16 (17 for the trapezoid, whose
+  alphas are k / (n - 1)); both round the step weights to float32 (captum's .float())."""
   torch = pytest.importorskip("torch")
   captum_attr = pytest.importorskip("captum.attr")
-  t = lambda a: torch.tensor(a)
+  am = pytest.importorskip("captum.attr._utils.approximation_methods")
+  t = lambda a: torch.tensor(np.asarray(a, np.float64))
+  n = 17 if method == "riemann_trapezoid" else 16
+  np.testing.assert_array_equal(approximation_parameters(method, n)[0],
+                                am.approximation_parameters(method)[1](n))
 
   def torch_mlp(x, s):
     return torch.tanh((x * s[:, None]) @ t(W1) + t(B1)) @ t(W2) + t(B2)
 
-  scale = np.array([1.0, 0.5, -1.0, 2.0], np.float32)
+  scale = np.array([1.0, 0.5, -1.0, 2.0])
+  x, base = X.astype(np.float64), BASE.astype(np.float64)
   ref, ref_delta = captum_attr.IntegratedGradients(torch_mlp).attribute(
-      t(X), baselines=t(BASE), target=t(TARGET), additional_forward_args=(t(scale),), n_steps=20,
-      method=method, return_convergence_delta=True)
+      t(x), baselines=t(base), target=torch.tensor(TARGET), additional_forward_args=(t(scale),),
+      n_steps=n, method=method, return_convergence_delta=True)
+  assert ref.dtype == torch.float64
   fn = lambda x, s: mlp(x * s[:, None])
-  attr, delta = integrated_gradients(fn, X, target=TARGET, baselines=BASE,
-                                     additional_forward_args=(scale,), n_steps=20, method=method,
-                                     return_convergence_delta=True)
-  np.testing.assert_allclose(attr, ref.numpy(), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(delta, ref_delta.numpy(), rtol=1e-5, atol=1e-5)
+  with jax.enable_x64(True):
+    attr, delta = integrated_gradients(fn, x, target=TARGET, baselines=base,
+                                       additional_forward_args=(scale,), n_steps=n, method=method,
+                                       return_convergence_delta=True)
+  assert attr.dtype == np.float64
+  ref, ref_delta = ref.numpy(), ref_delta.numpy()
+  np.testing.assert_array_less(np.abs(np.asarray(attr) - ref), RTOL64 * np.abs(ref).max())
+  np.testing.assert_array_less(np.abs(np.asarray(delta) - ref_delta), RTOL64 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("internal_batch_size", [1, 8, 1000])

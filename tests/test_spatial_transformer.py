@@ -376,7 +376,8 @@ def test_stn_matches_torch_eval(size):
   assert variables["params"]["fc_loc_0"]["kernel"].shape == (10 * st.localization_output_hw(
       size, size)[0] ** 2, 32)
   with jax.enable_x64(True):  # float64 but the float32 theta head (see RTOL64)
-    y, theta = st.SpatialTransformer().apply(_f64(variables), x, return_theta=True)
+    y, theta = jax.jit(functools.partial(st.SpatialTransformer().apply, return_theta=True))(
+        _f64(variables), x)
   assert theta.dtype == np.float32 and y.dtype == np.float64
   # The torch STN in float64, continuing from our theta (at 224 px a theta rounding error d moves
   # samples by ~111 d px, so the warp is compared from the same theta; theta itself against its

@@ -93,20 +93,21 @@ def sa_term(outputs: Arrays, batch: Arrays, *, prediction: str = "sa_loss") -> j
   return outputs[prediction].astype(jnp.float32)
 
 
-@LOSSES.register("mse")
-def mse_term(outputs: Arrays, batch: Arrays, *, prediction: str = "valence_arousal",
-             target: str = "targets", mask: Optional[str] = "mask", dim_weights=None) -> jax.Array:
-  pred = _get(outputs, prediction, "model output", "mse")
-  y = _get(batch, target, "batch field", "mse")
-  return affect.mse_loss(pred.reshape(y.shape), y, _mask(batch, mask), dim_weights)
+def _affect_term(loss, name: str):
+  """A masked per-dimension regression term (``affect.mse_loss`` / ``affect.ccc_loss``) on named fields."""
+
+  def term(outputs: Arrays, batch: Arrays, *, prediction: str = "valence_arousal", target: str = "targets",
+           mask: Optional[str] = "mask", dim_weights=None) -> jax.Array:
+    y = _get(batch, target, "batch field", name)
+    pred = _get(outputs, prediction, "model output", name).reshape(y.shape)
+    return loss(pred, y, _mask(batch, mask), dim_weights)
+
+  term.__name__ = f"{name}_term"
+  return term
 
 
-@LOSSES.register("ccc")
-def ccc_term(outputs: Arrays, batch: Arrays, *, prediction: str = "valence_arousal",
-             target: str = "targets", mask: Optional[str] = "mask", dim_weights=None) -> jax.Array:
-  pred = _get(outputs, prediction, "model output", "ccc")
-  y = _get(batch, target, "batch field", "ccc")
-  return affect.ccc_loss(pred.reshape(y.shape), y, _mask(batch, mask), dim_weights)
+mse_term = LOSSES.register("mse", _affect_term(affect.mse_loss, "mse"))
+ccc_term = LOSSES.register("ccc", _affect_term(affect.ccc_loss, "ccc"))
 
 
 @LOSSES.register("multilabel")
