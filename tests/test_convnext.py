@@ -80,8 +80,8 @@ def _f64(tree):
 
 
 def _assert_parity64(got, want, what=""):
-  """JAX value computed in float64 vs float64 torch: RTOL64 of the largest magnitude, plus U32 |want|
-  if the model returned it rounded to float32. Returns the max abs difference."""
+  """JAX value computed in float64 vs float64 torch: RTOL64 of the largest magnitude, plus
+  U32 |want| if the model returned it rounded to float32. Returns the max abs difference."""
   rounded = np.asarray(got).dtype == np.float32
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, (what, got.shape, want.shape)

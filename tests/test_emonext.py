@@ -333,8 +333,9 @@ def _assert_within(got, want, tol, what):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, (what, got.shape, want.shape)
   err = np.abs(got - want)
+  excess, scale = (err - tol).max(), np.abs(want).max()
   assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{(err - tol).max():.3g} (reference magnitude {np.abs(want).max():.3g})")
+                              f"{excess:.3g} (reference max {scale:.3g})")
   return err.max()
 
 
@@ -381,8 +382,8 @@ def _score_f32_err(q, k, mode):
 
 
 def _sa_loss_tol(w, tw):
-  """Bound on |L32 - L|, L = mean((W - mean W)^2) over the N entries of the float64 W, L32 the float32
-  L_SA of W32 with |W32 - W| <= tw (emonext.attention_variance):
+  """Bound on |L32 - L|, L = mean((W - mean W)^2) over the N entries of the float64 W, L32 the
+  float32 L_SA of W32 with |W32 - W| <= tw (emonext.attention_variance):
   * from W32 - W (T = max tw, so |d(W - mean W)| <= 2 T): <= 4 T mean|W - m| + 4 T^2;
   * float32 evaluation: mean W rounded ((N + 1) U32 m, all W >= 0) shifts every deviation, the
     deviations and squares are rounded (3 U32 relative), the final mean ((N + 1) U32 relative):
@@ -462,7 +463,10 @@ def _check_parity(jax_out, state, want, sa_mode):
     err[name] = _assert_parity64(inter["attention"][name]["__call__"][0], want[name], name)
   q, k, w = want["query"], want["key"], want["attention"]
   c = q.shape[-1]
-  scores = q @ k.T * c ** -0.25 if sa_mode == "batch" else q[:, :, None] * k[:, None, :] / math.sqrt(c)
+  if sa_mode == "batch":
+    scores = q @ k.T * c ** -0.25
+  else:
+    scores = q[:, :, None] * k[:, None, :] / math.sqrt(c)
   tw = _softmax_f32_tol(w, _score_f32_err(q, k, sa_mode), scores) + RTOL64
   err["attention"] = _assert_within(aux["attention"], w, tw, "attention")
   err["sa_loss"] = _assert_within(aux["sa_loss"], want["sa_loss"],
@@ -513,7 +517,8 @@ def test_atto_parity_with_torch_eval_and_train(tt, atto_ref):
   # (Flax momentum 0.9, biased variance v): torch_new - 0.9 old = (flax_new - 0.9 old) n / (n - 1),
   # n = batch * the BN input's spatial size; in float64.
   _, _, state, want = runs[-1]
-  for i, (bn, side) in enumerate((("localization.1", 64 - 6), ("localization.5", (64 - 6) // 2 - 4))):
+  bn_sides = (("localization.1", 64 - 6), ("localization.5", (64 - 6) // 2 - 4))
+  for i, (bn, side) in enumerate(bn_sides):
     n = x.shape[0] * side * side
     new = state["batch_stats"]["stn"][f"loc_bn_{i}"]
     _assert_parity64(new["mean"], want["state_dict"][f"{bn}.running_mean"].numpy(), f"{bn} mean")

@@ -304,8 +304,9 @@ def _within(got, want, tol, what=""):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, (what, got.shape, want.shape)
   err = np.abs(got - want)
+  excess, scale = (err - tol).max(), np.abs(want).max()
   assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{(err - tol).max():.3g} (reference magnitude {np.abs(want).max():.3g})")
+                              f"{excess:.3g} (reference max {scale:.3g})")
   return err.max()
 
 

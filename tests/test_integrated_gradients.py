@@ -23,7 +23,7 @@ B2 = RNG.normal(size=C).astype(np.float32)
 X = RNG.normal(size=(B, D)).astype(np.float32)
 BASE = (0.3 * RNG.normal(size=(B, D))).astype(np.float32)
 TARGET = np.array([0, 2, 1, 2])
-RTOL64 = 1e-9  # float64 parity, relative to the largest reference magnitude (see test_matches_captum)
+RTOL64 = 1e-9  # float64 parity, relative to the largest reference value (see test_matches_captum)
 U32 = 2.0 ** -24  # float32 unit roundoff
 
 
@@ -146,10 +146,10 @@ def test_completeness_delta_shrinks_with_steps(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_matches_captum(method):
   """Float64 on both sides. In float32 the two differ by ~1e-6 (summation order of the MLP and of
-  the steps); float64's unit roundoff is 2^29 ~ 5e8 times smaller, so RTOL64 has a wide margin, while
-  a wrong step weight or path point gives >~1e-3. Both must use the same alphas: captum takes them
-  from a float32 linspace, exact for dyadic values, so n_steps is 16 (17 for the trapezoid, whose
-  alphas are k / (n - 1)); both round the step weights to float32 (captum's .float())."""
+  the steps); float64's unit roundoff is 2^29 ~ 5e8 times smaller, so RTOL64 has a wide margin,
+  while a wrong step weight or path point gives >~1e-3. Both must use the same alphas: captum takes
+  them from a float32 linspace, exact for dyadic values, so n_steps is 16 (17 for the trapezoid,
+  whose alphas are k / (n - 1)); both round the step weights to float32 (captum's .float())."""
   torch = pytest.importorskip("torch")
   captum_attr = pytest.importorskip("captum.attr")
   am = pytest.importorskip("captum.attr._utils.approximation_methods")

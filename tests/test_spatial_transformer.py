@@ -47,8 +47,9 @@ def _within(got, want, tol, what=""):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, (what, got.shape, want.shape)
   err = np.abs(got - want)
+  excess, scale = (err - tol).max(), np.abs(want).max()
   assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{(err - tol).max():.3g} (reference magnitude {np.abs(want).max():.3g})")
+                              f"{excess:.3g} (reference max {scale:.3g})")
   return err.max()
 
 
@@ -357,9 +358,10 @@ def _inject_theta(net, theta):
 
 
 def _check_theta(theta, rec, net):
-  """The theta head runs in float32 (fc_loc_1 on the float64 hidden h rounded to float32; weights and
-  bias are float32 values, exact): h rounded (U32), a length-32 dot product (gamma_32) and the bias
-  added: |dtheta| <= (32 + 3) U32 (|h| |W|^T + |b|). Returns torch's float64 theta (B, 2, 3)."""
+  """The theta head runs in float32 (fc_loc_1 on the float64 hidden h rounded to float32; weights
+  and bias are float32 values, exact): h rounded (U32), a length-32 dot product (gamma_32) and the
+  bias added: |dtheta| <= (32 + 3) U32 (|h| |W|^T + |b|). Returns torch's float64 theta, (B, 2, 3).
+  """
   h = rec["hidden"].detach().numpy()
   w, b = net.fc_loc[2].weight.detach().numpy(), net.fc_loc[2].bias.detach().numpy()
   want = rec["theta"].detach().numpy()
@@ -412,19 +414,19 @@ def test_stn_train_mode_and_param_grads_match_torch():
   with jax.enable_x64(True):  # float64 but the float32 theta head (see RTOL64)
     (_, (y, theta, upd)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
         variables["params"])
-  net = net.double()  # float64 reference continuing from our theta (see test_stn_matches_torch_eval)
+  net = net.double()  # float64, continuing from our theta (see test_stn_matches_torch_eval)
   rec, hooks = _inject_theta(net, theta)
   ty, _ = net(_nchw64(x))
   for hook in hooks:
     hook.remove()
   _check_theta(theta, rec, net)
-  # Gradients: dL/dtheta is float64 on both sides at the same theta, then rounded to float32 for the
-  # float32 theta head: its kernel gradient h^T g (sum over the batch B) is off by <= (B + 2) U32
-  # |h|^T |g|, its bias gradient by (B + 1) U32 sum |g|, and the gradient reaching the hidden layer,
-  # g W in float32 (length 6), by e = (6 + 2) U32 |g| |W| per element. Below that layer everything is
-  # float64 and linear in that gradient: the first Dense's kernel gradient is off by <= |input|^T
-  # (relu' e), the first conv's by sum_j |J_j| e_j, J_j = its gradient for a unit upstream gradient at
-  # hidden unit j (B * 32 torch VJPs, ~1 s; a batched VJP is slower here).
+  # Gradients: dL/dtheta is float64 on both sides at the same theta, then rounded to float32 for
+  # the float32 theta head: its kernel gradient h^T g (sum over the batch B) is off by <= (B + 2)
+  # U32 |h|^T |g|, its bias gradient by (B + 1) U32 sum |g|, and the gradient reaching the hidden
+  # layer, g W in float32 (length 6), by e = (6 + 2) U32 |g| |W| per element. Below that layer all
+  # is float64 and linear in that gradient: the first Dense's kernel gradient is off by <=
+  # |input|^T (relu' e), the first conv's by sum_j |J_j| e_j, J_j = its gradient for a unit upstream
+  # gradient at hidden unit j (B * 32 torch VJPs, ~1 s; a batched VJP is slower here).
   h = rec["hidden"]
   unit = torch.eye(h.numel(), dtype=torch.float64).reshape(-1, *h.shape)
   conv_jac = np.stack([torch.autograd.grad(h, net.localization[0].weight, grad_outputs=u,
@@ -439,8 +441,8 @@ def test_stn_train_mode_and_param_grads_match_torch():
   bound_sd = {k: torch.zeros_like(p) for k, p in net.named_parameters()} | dict(net.named_buffers())
   bound_sd["fc_loc.0.weight"] = torch.from_numpy(e_hidden.T @ np.abs(inp))
   bound_fc0 = st.stn_from_torch_state_dict(bound_sd)["params"]["fc_loc_0"]["kernel"]
-  ref_fc0 = st.stn_from_torch_state_dict({k: p.grad for k, p in net.named_parameters()}
-                                         | dict(net.named_buffers()))["params"]["fc_loc_0"]["kernel"]
+  torch_grads = {k: p.grad for k, p in net.named_parameters()} | dict(net.named_buffers())
+  ref_fc0 = st.stn_from_torch_state_dict(torch_grads)["params"]["fc_loc_0"]["kernel"]
   pairs = [
       ("fc_loc_1 kernel", grads["fc_loc_1"]["kernel"], net.fc_loc[2].weight.grad.numpy().T,
        (b + 2) * U32 * (np.abs(hv).T @ np.abs(g_theta))),

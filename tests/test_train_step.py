@@ -122,3 +122,22 @@ def test_bf16_compute_close_to_float32():
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # params stay float32
   assert losses[0] == pytest.approx(losses[1], rel=2e-2)
   assert losses[0] != losses[1]  # bf16 really changed the arithmetic
+
+
+def test_arcface_head_and_margin_loss_by_configuration_only():
+  """The pairwise-ArcFace recipe needs no trainer code: a cosine head + the 'arcface' loss term."""
+  c = _config(optimizer=dict(name="sgd", momentum=0.0, lr=0.0))
+  c.model.head = dict(name="cosine", num_outputs=3)
+  c.loss = dict(arcface=dict(weight=1.0, scale=16.0, m2=0.3))
+  model, tx, state, batch = _setup(c)
+  _, metrics = _step(c, model, tx)(state, batch)
+  x = preprocess_images(batch["image"], c)
+  cos = np.asarray(model.apply({"params": state.params}, train=False, image=x)["cosine"], np.float64)
+  theta = np.arccos(np.clip(cos, -1, 1))
+  y = np.asarray(batch["label"])
+  logits = 16.0 * cos
+  logits[np.arange(4), y] = 16.0 * np.cos(theta[np.arange(4), y] + 0.3)  # no theta + m > pi here
+  assert (theta[np.arange(4), y] + 0.3 < np.pi).all()
+  want = -(logits[np.arange(4), y] - np.log(np.exp(logits).sum(-1))).mean()
+  np.testing.assert_allclose(float(metrics["loss/arcface"]), want, rtol=1e-4)
+  assert "accuracy" in metrics  # argmax of the cosines
