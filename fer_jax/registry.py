@@ -9,13 +9,13 @@ The registries a paper adds to (none of them needs an edit of the trainer):
 
 =============  =========================================================================
 ``MODELS``     whole models for import (``get_model('convnext_tiny')``, timm-parity classifiers)
-``BACKBONES``  named inputs -> ``{'features': ..., aux...}`` (``fer_jax.models.backbones``)
+``BACKBONES``  named inputs -> ``{'features': ..., aux...}`` (each family file in ``fer_jax.models``)
 ``HEADS``      features -> named outputs (``fer_jax.models.heads``)
 ``TASKS``      record fields, model call and loss terms (``fer_jax.train.tasks``)
 ``LOSSES``     named loss terms, weighted by ``config.loss.<term>.weight`` (``fer_jax.losses.terms``)
 ``EVALUATORS`` streamed metrics, JSON, PNGs (``fer_jax.evaluators``)
 ``SAMPLERS``   training-example order (``fer_jax.data.samplers``)
-``PRETRAINED`` per-backbone import of PyTorch weights (``fer_jax.models.backbones``)
+``PRETRAINED`` per-backbone import of PyTorch weights (``fer_jax.models.convnext``)
 =============  =========================================================================
 """
 

@@ -373,7 +373,7 @@ def test_closed_form_default_counts():
     ("inception_resnet_shallow", {}, dict(num_a=1, num_b=1, num_c=1)),
     ("inception_resnet_deep", {}, dict(num_a=5, num_b=10, num_c=5)),
     ("inception_resnet_lstm", {}, dict(num_a=1, num_b=1, num_c=1, lstm=(512, 1, 1))),
-    ("inception_resnet_deep", dict(multiscale=True, width_multiplier=0.5, num_classes=7,
+    ("inception_resnet_deep", dict(multiscale=True, width_multiplier=0.5, num_outputs=7,
                                    reduction_a=(256, 256, 384, 384), in_channels=1),
      dict(num_a=5, num_b=10, num_c=5, multiscale=True, width=0.5, num_outputs=7,
           klmn=(256, 256, 384, 384), in_channels=1)),
@@ -428,12 +428,12 @@ def test_bad_inputs_raise_clear_errors():
     init(get_model("inception_resnet_deep", num_a=-1), jnp.zeros((1, 75, 75, 3)))
   with pytest.raises(ValueError, match="dropout_rate"):
     init(get_model("inception_resnet_deep", dropout_rate=1.0), jnp.zeros((1, 75, 75, 3)))
-  with pytest.raises(ValueError, match="disagree"):
-    get_model("inception_resnet_deep", num_classes=3, num_outputs=2)
+  with pytest.raises(TypeError, match="takes num_outputs.*not num_classes=3"):
+    get_model("inception_resnet_deep", num_classes=3)
 
 
 def test_registry():
-  m = get_model("inception_resnet_deep", num_classes=5)
+  m = get_model("inception_resnet_deep", num_outputs=5)
   assert isinstance(m, irn.InceptionResNetVA) and m.num_outputs == 5
   assert (m.num_a, m.num_b, m.num_c) == (5, 10, 5)
   s = get_model("inception_resnet_shallow", num_b=2)
@@ -538,7 +538,7 @@ def test_shallow_matches_torch_reference():
 
 def test_shallow_multiscale_same_padding_small_width_matches_torch_reference():
   _frame_parity("inception_resnet_shallow", 64, seed=1, padding="SAME", multiscale=True,
-                width_multiplier=0.25, num_b=2, reduction_a=(96, 128, 160, 192), num_classes=3)
+                width_multiplier=0.25, num_b=2, reduction_a=(96, 128, 160, 192), num_outputs=3)
 
 
 def test_deep_matches_torch_reference():
