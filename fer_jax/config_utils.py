@@ -1,6 +1,6 @@
 """Helpers for big_vision-style experiment configs (``get_config(arg)``).
 
-``--config=experiments/convnext_fer2013.py:variant=atto,res=64,runlocal`` passes the string after ``:`` to
+``--config=experiments/convnext_fer2013.py:size=atto,res=64,runlocal`` passes the string after ``:`` to
 ``get_config``; :func:`parse_arg` turns it into typed options with defaults, rejecting unknown keys.
 """
 

@@ -16,7 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (resumes) or evaluate.")
-_SPLIT = flags.DEFINE_string("split", None, "evaluate: split to evaluate (default dataset.eval_split).")
+_SPLIT = flags.DEFINE_string(
+    "split", None, "evaluate: run the config.evals evaluators on this split (default: every evaluator).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host TPU / GPU pods).")
 

@@ -1,5 +1,7 @@
-"""Affect metrics (RMSE, Pearson CC, CCC, SAGR) against scikit-learn / SciPy / hand-computed values, and the
-streaming clu metric against the one-shot float64 values on ~10^5 frames in uneven, masked batches."""
+"""Affect metrics (RMSE, Pearson CC, CCC, SAGR): the float64 NumPy reference (tests/affect_reference.py)
+against scikit-learn / SciPy / hand-computed values, and the library's one implementation, the streaming
+clu metric (and its one-shot form ``affect_metrics``), against that reference on ~10^5 frames in uneven,
+masked batches and on constant / empty inputs."""
 
 import warnings
 
@@ -11,6 +13,7 @@ import scipy.stats
 from clu import metrics as clu_metrics
 from sklearn.metrics import mean_squared_error
 
+import affect_reference as affect_np
 from fer_jax.metrics import affect
 
 
@@ -30,7 +33,7 @@ def _ccc_reference(p, y):
 
 def test_one_shot_against_sklearn_scipy_and_lin_formula():
   p, y = _va_data(2000)
-  out = affect.affect_metrics(p, y)
+  out = affect_np.affect_metrics(p, y)
   np.testing.assert_allclose(out["rmse"], np.sqrt(mean_squared_error(y, p, multioutput="raw_values")),
                              rtol=1e-12)
   np.testing.assert_allclose(out["pcc"], [scipy.stats.pearsonr(p[:, d], y[:, d])[0] for d in range(2)],
@@ -44,18 +47,18 @@ def test_hand_computed_case():
   y = np.array([-1.0, 0.0, 1.0, 0.5])
   p = np.array([-0.5, 0.0, 0.5, -0.5])
   # Means: my = 0.125, mp = -0.125; population var_y = 0.546875, var_p = 0.171875; cov = 0.203125.
-  assert affect.rmse(p, y) == pytest.approx(np.sqrt((0.25 + 0 + 0.25 + 1.0) / 4))
-  assert affect.pearson_cc(p, y) == pytest.approx(0.203125 / np.sqrt(0.546875 * 0.171875))
-  assert affect.ccc(p, y) == pytest.approx(2 * 0.203125 / (0.546875 + 0.171875 + 0.25 ** 2))
+  assert affect_np.rmse(p, y) == pytest.approx(np.sqrt((0.25 + 0 + 0.25 + 1.0) / 4))
+  assert affect_np.pearson_cc(p, y) == pytest.approx(0.203125 / np.sqrt(0.546875 * 0.171875))
+  assert affect_np.ccc(p, y) == pytest.approx(2 * 0.203125 / (0.546875 + 0.171875 + 0.25 ** 2))
   # sign(0) = 0: the exact-zero pair agrees; the last pair disagrees -> 3 / 4.
-  assert affect.sagr(p, y) == pytest.approx(0.75)
+  assert affect_np.sagr(p, y) == pytest.approx(0.75)
 
 
 def test_sagr_zero_convention():
   y = np.array([0.0, 0.0, 0.3, -0.2])
   p = np.array([0.1, 0.0, 0.0, -0.1])
   # label 0 vs +0.1: disagree; 0 vs 0: agree; +0.3 vs 0: disagree; - vs -: agree.
-  assert affect.sagr(p, y) == pytest.approx(0.5)
+  assert affect_np.sagr(p, y) == pytest.approx(0.5)
 
 
 def test_masks_and_sequence_inputs_equal_subsetting():
@@ -64,7 +67,7 @@ def test_masks_and_sequence_inputs_equal_subsetting():
   frame_mask = rng.random(600) < 0.7
   dim_mask = rng.random((600, 2)) < 0.7
   for name in ("rmse", "pearson_cc", "ccc", "sagr"):
-    fn = getattr(affect, name)
+    fn = getattr(affect_np, name)
     np.testing.assert_allclose(fn(p, y, frame_mask), fn(p[frame_mask], y[frame_mask]), rtol=1e-12)
     per_dim = [fn(p[dim_mask[:, d], d], y[dim_mask[:, d], d]) for d in range(2)]
     np.testing.assert_allclose(fn(p, y, dim_mask), per_dim, rtol=1e-12)
@@ -83,19 +86,19 @@ def test_constant_and_empty_inputs():
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     assert np.isnan(scipy.stats.pearsonr(p, y)[0])
-  assert np.isnan(affect.pearson_cc(p, y))  # like SciPy
-  assert affect.ccc(p, y) == 0.0  # covariance form: 0 / (var_y + bias^2)
-  assert np.isnan(affect.ccc(p, p))  # both constant and equal: 0 / 0
-  assert affect.rmse(p, p) == 0.0
+  assert np.isnan(affect_np.pearson_cc(p, y))  # like SciPy
+  assert affect_np.ccc(p, y) == 0.0  # covariance form: 0 / (var_y + bias^2)
+  assert np.isnan(affect_np.ccc(p, p))  # both constant and equal: 0 / 0
+  assert affect_np.rmse(p, p) == 0.0
   p_masked = np.where(np.arange(101) < 90, 0.7, 5.0)  # constant among the kept frames only
   keep = np.arange(101) < 90
-  assert np.isnan(affect.pearson_cc(p_masked, y, keep)) and affect.ccc(p_masked, y, keep) == 0.0
+  assert np.isnan(affect_np.pearson_cc(p_masked, y, keep)) and affect_np.ccc(p_masked, y, keep) == 0.0
   empty = np.zeros(101, bool)
-  for fn in (affect.rmse, affect.pearson_cc, affect.ccc, affect.sagr):
+  for fn in (affect_np.rmse, affect_np.pearson_cc, affect_np.ccc, affect_np.sagr):
     assert np.isnan(fn(p, y, empty))
 
 
-@pytest.mark.parametrize("fn", [affect.rmse, affect.ccc])
+@pytest.mark.parametrize("fn", [affect_np.rmse, affect_np.ccc])
 def test_shape_errors_name_the_shapes(fn):
   with pytest.raises(ValueError, match=r"predictions shape \(5, 2\) != labels shape \(5, 3\)"):
     fn(np.zeros((5, 2)), np.zeros((5, 3)))
@@ -124,7 +127,7 @@ def _updates(p, y, mask):
 
 
 def _assert_matches_one_shot(metric_out, p, y, mask, atol):
-  ref = affect.affect_metrics(p, y, mask)
+  ref = affect_np.affect_metrics(p, y, mask)
   for key, value in ref.items():
     np.testing.assert_allclose(np.asarray(metric_out[key]), value, rtol=0, atol=atol, err_msg=key)
 
@@ -163,7 +166,7 @@ def test_streaming_is_stable_with_a_large_mean_offset():
   for u in _updates(p, y, mask):
     metric = _merge(metric, u)
   out = metric.compute()
-  ref = affect.affect_metrics(p, y)
+  ref = affect_np.affect_metrics(p, y)
   np.testing.assert_allclose(out["pcc"], ref["pcc"], atol=1e-4)
   np.testing.assert_allclose(out["ccc"], ref["ccc"], atol=1e-4)
 
@@ -186,7 +189,7 @@ def test_device_reduce_per_dim_mask_and_empty_merge():
 
 def test_wrappers_named_and_clu_collection():
   p, y = _va_data(500, seed=5)
-  ref = affect.affect_metrics(p, y)
+  ref = affect_np.affect_metrics(p, y)
   collection = clu_metrics.Collection.create(
       rmse=affect.RMSE, pcc=affect.PearsonCC, ccc=affect.CCC, sagr=affect.SAGR,
       va=affect.AffectMoments.named("valence", "arousal"))
@@ -211,4 +214,20 @@ def test_single_dimension_streaming_constant_predictions():
   out = jax.jit(lambda a, b: a.merge(b))(one_dim(p[:50], y[:50]), one_dim(p[50:], y[50:])).compute()
   assert out["ccc"].shape == () and float(out["ccc"]) == 0.0
   assert np.isnan(out["pcc"])
-  np.testing.assert_allclose(out["rmse"], affect.rmse(p, y), rtol=1e-6)
+  np.testing.assert_allclose(out["rmse"], affect_np.rmse(p, y), rtol=1e-6)
+
+
+def test_library_one_shot_is_the_clu_metric_and_matches_the_reference():
+  """``fer_jax.metrics.affect.affect_metrics`` (float32 moments) against the float64 reference, including
+  masks, a constant prediction (CC NaN, CCC 0) and an empty mask (all NaN)."""
+  p, y = _va_data(3000, seed=4)
+  keep = np.random.default_rng(4).random(3000) < 0.8
+  for mask in (None, keep):
+    got, want = affect.affect_metrics(p, y, mask), affect_np.affect_metrics(p, y, mask)
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=k)
+  const = np.full_like(y, 0.3)
+  got = affect.affect_metrics(const, y)
+  assert np.isnan(got["pcc"]).all() and np.all(got["ccc"] == 0.0)
+  got = affect.affect_metrics(p, y, np.zeros(3000, bool))
+  assert all(np.isnan(v).all() for v in got.values())

@@ -24,14 +24,11 @@ class ClassificationEvaluator(Evaluator):
     metric = cls_metrics.ConfusionMatrix.empty(n)
     for batch in dataset:
       out = predict_fn(batch)
-      labels = np.asarray(out["labels"])[np.asarray(out["mask"]).astype(bool)]
-      bad = (labels < 0) | (labels >= n)
-      if bad.any():
-        raise ValueError(f"evaluator {self.name!r}: label {labels[bad][0]} outside [0, {n}) "
-                         "(config.dataset.num_classes)")
-      metric = metric.merge(cls_metrics.ConfusionMatrix.from_model_output(
-          predictions=np.asarray(out["predictions"]), labels=np.asarray(out["labels"]), num_classes=n,
-          mask=np.asarray(out["mask"])))
+      try:
+        cm = cls_metrics.confusion_matrix(out["labels"], out["predictions"], n, out["mask"])
+      except ValueError as e:
+        raise ValueError(f"evaluator {self.name!r}: {e} (config.dataset.num_classes={n})") from None
+      metric = metric.merge(cls_metrics.ConfusionMatrix(matrix=cm.astype(np.int32)))
     cm = np.asarray(metric.matrix).astype(np.int64)
     return {"scores": metric.compute(), "confusion_matrix": cm}
 

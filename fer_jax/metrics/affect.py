@@ -32,7 +32,8 @@ likewise for the co-moment with delta_x delta_y), which is associative, so ``mer
 (``Collection.gather_from_model_output`` -> ``reduce``) and hosts gives the same result up to rounding.
 ``from_model_output`` and ``merge`` are jit-compatible and accumulate in the input's float dtype (float32 by
 default); ``compute()`` finishes on the host in NumPy float64 (call it outside jit, like clu's
-``CollectingMetric``). In float32 on about 10^5 frames the results match the float64 one-shot values to ~1e-6.
+``CollectingMetric``). In float32 on about 10^5 frames the results match a float64 NumPy evaluation of the
+definitions to ~1e-6 (tests/affect_reference.py). ``affect_metrics`` is the one-shot form of the same metric.
 """
 
 from __future__ import annotations
@@ -81,62 +82,12 @@ def _flatten(predictions, labels, mask, xp):
   return p, y, keep, out_shape
 
 
-def _moments_np(predictions, labels, mask):
-  predictions = np.asarray(predictions, np.float64)
-  labels = np.asarray(labels, np.float64)
-  _check_shapes(predictions.shape, labels.shape, None if mask is None else np.shape(mask))
-  p, y, keep, out_shape = _flatten(predictions, labels, mask, np)
-  n = keep.sum(0).astype(np.float64)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    mp = np.where(keep, p, 0).sum(0) / n
-    my = np.where(keep, y, 0).sum(0) / n
-    # A constant input has exactly zero deviations (its float mean may differ from the constant by rounding).
-    dp = np.where(keep & ~_is_constant(p, keep), p - mp, 0)
-    dy = np.where(keep & ~_is_constant(y, keep), y - my, 0)
-  return p, y, keep, n, mp, my, dp, dy, out_shape
-
-
-def _is_constant(x, keep):
-  """(D,) True where all kept values of a column are equal (or none is kept)."""
-  return np.where(keep, x, np.inf).min(0) == np.where(keep, x, -np.inf).max(0)
-
-
-def rmse(predictions, labels, mask=None) -> np.ndarray:
-  """Root mean squared error per dimension (float64)."""
-  p, y, keep, n, *_, out_shape = _moments_np(predictions, labels, mask)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.sqrt(np.where(keep, (p - y) ** 2, 0).sum(0) / n).reshape(out_shape)
-
-
-def pearson_cc(predictions, labels, mask=None) -> np.ndarray:
-  """Pearson correlation per dimension; NaN where either input is constant (like scipy.stats.pearsonr)."""
-  _, _, _, n, _, _, dp, dy, out_shape = _moments_np(predictions, labels, mask)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    vp, vy = (dp * dp).sum(0), (dy * dy).sum(0)
-    cc = (dp * dy).sum(0) / np.sqrt(vp * vy)
-    cc = np.where((vp > 0) & (vy > 0), cc, np.nan)
-  return cc.reshape(out_shape)
-
-
-def ccc(predictions, labels, mask=None) -> np.ndarray:
-  """Lin's concordance correlation coefficient per dimension (population moments)."""
-  _, _, _, n, mp, my, dp, dy, out_shape = _moments_np(predictions, labels, mask)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return (2 * (dp * dy).sum(0) / n / ((dp * dp).sum(0) / n + (dy * dy).sum(0) / n + (mp - my) ** 2)
-            ).reshape(out_shape)
-
-
-def sagr(predictions, labels, mask=None) -> np.ndarray:
-  """Sign agreement rate per dimension, mean(sign(y) == sign(y_hat)) with sign(0) = 0."""
-  p, y, keep, n, *_, out_shape = _moments_np(predictions, labels, mask)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return ((keep & (np.sign(p) == np.sign(y))).sum(0) / n).reshape(out_shape)
-
-
 def affect_metrics(predictions, labels, mask=None) -> Dict[str, np.ndarray]:
-  """All four one-shot metrics: {'rmse', 'pcc', 'ccc', 'sagr'} -> per-dimension float64 arrays."""
-  return {"rmse": rmse(predictions, labels, mask), "pcc": pearson_cc(predictions, labels, mask),
-          "ccc": ccc(predictions, labels, mask), "sagr": sagr(predictions, labels, mask)}
+  """One-shot {'rmse', 'pcc', 'ccc', 'sagr'} per dimension (float64 on the host), through the one
+  implementation, ``AffectMoments`` (e.g. to score a saved ``predictions_<split>.npz``)."""
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  out = AffectMoments.from_model_output(predictions=predictions, labels=labels, mask=mask).compute_arrays()
+  return {k: out[k] for k in _KEYS}
 
 
 @flax.struct.dataclass

@@ -17,17 +17,16 @@ from clu import metrics as clu_metrics
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
                      mask: Optional[np.ndarray] = None) -> np.ndarray:
-  """Counts C[i, j] = #examples with label i predicted as j."""
+  """Counts C[i, j] = #examples with label i predicted as j: the one-shot form of ``ConfusionMatrix``
+  (labels checked on the host, where they can be)."""
   labels = np.asarray(labels).reshape(-1)
-  predictions = np.asarray(predictions).reshape(-1)
-  if mask is not None:
-    keep = np.asarray(mask).reshape(-1).astype(bool)
-    labels, predictions = labels[keep], predictions[keep]
-  bad = (labels < 0) | (labels >= num_classes)
+  keep = np.ones(labels.shape, bool) if mask is None else np.asarray(mask).reshape(-1).astype(bool)
+  bad = ((labels < 0) | (labels >= num_classes)) & keep
   if bad.any():
     raise ValueError(f"Label {labels[bad][0]} outside [0, {num_classes})")
-  return np.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).reshape(
-      num_classes, num_classes).astype(np.int64)
+  metric = ConfusionMatrix.from_model_output(predictions=jnp.asarray(predictions), labels=jnp.asarray(labels),
+                                             num_classes=num_classes, mask=jnp.asarray(keep))
+  return np.asarray(metric.matrix).astype(np.int64)
 
 
 def scores_from_confusion(cm: np.ndarray) -> Dict[str, np.ndarray]:
