@@ -377,7 +377,8 @@ def test_stn_matches_torch_eval(size):
   variables = st.stn_from_torch_state_dict(net.state_dict())  # float32 weights
   assert variables["params"]["fc_loc_0"]["kernel"].shape == (10 * st.localization_output_hw(
       size, size)[0] ** 2, 32)
-  with jax.enable_x64(True):  # float64 but the float32 theta head (see RTOL64)
+  # float64 but the float32 theta head (see RTOL64), at full float32 precision on accelerators too
+  with jax.enable_x64(True), jax.default_matmul_precision("highest"):
     y, theta = jax.jit(functools.partial(st.SpatialTransformer().apply, return_theta=True))(
         _f64(variables), x)
   assert theta.dtype == np.float32 and y.dtype == np.float64
@@ -411,7 +412,7 @@ def test_stn_train_mode_and_param_grads_match_torch():
                               train=True, return_theta=True, mutable=["batch_stats"])
     return jnp.sum(y * g), (y, theta, upd)
 
-  with jax.enable_x64(True):  # float64 but the float32 theta head (see RTOL64)
+  with jax.enable_x64(True), jax.default_matmul_precision("highest"):  # (see the eval test)
     (_, (y, theta, upd)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
         variables["params"])
   net = net.double()  # float64, continuing from our theta (see test_stn_matches_torch_eval)
