@@ -57,3 +57,58 @@ def import_timm() -> Tuple[Any, Any]:
     return torch, importlib.import_module("timm")
   except Exception as e:  # pylint: disable=broad-except
     raise ImportError(f"timm cannot import even with torchvision's op registrations stubbed: {e!r}") from e
+
+
+RTOL64 = 1e-9  # float64 parity: relative to the largest reference magnitude (rounding is ~1e-16)
+U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
+
+
+def to_float64(tree: Any) -> Any:
+  """Every leaf of ``tree`` as a float64 NumPy array (weights for float64 parity runs)."""
+  import jax
+  import numpy as np
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def assert_within(got: Any, want: Any, tol: Any, what: str = "") -> float:
+  """|got - want| <= tol elementwise (``tol`` broadcast; a bound derived from the computation);
+  returns the max abs difference."""
+  import numpy as np
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, (what, got.shape, want.shape)
+  err = np.abs(got - want)
+  excess, scale = (err - tol).max(), np.abs(want).max()
+  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
+                              f"{excess:.3g} (reference max {scale:.3g})")
+  return float(err.max())
+
+
+def fast_depthwise64(model: Any, torch: Any) -> Any:
+  """Swaps the forward of every depthwise Conv2d (stride 1, zero padding) in a float64 torch model
+  for the same sum written as kernel-tap shifts: torch's CPU float64 depthwise conv is very slow
+  (~50 s for ConvNeXt-T at 224 px). Same weights, same math, another float64 summation order;
+  each swapped conv is checked against torch's own on a small input. Returns the model."""
+  import functools
+  F = torch.nn.functional
+
+  def shifted(conv, x):
+    kh, kw = conv.kernel_size
+    ph, pw = conv.padding
+    h, w = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+    xp = F.pad(x, (pw, pw, ph, ph))
+    y = 0.0 if conv.bias is None else conv.bias.view(1, -1, 1, 1)
+    for i in range(kh):
+      for j in range(kw):
+        y = y + conv.weight[:, 0, i, j].view(1, -1, 1, 1) * xp[:, :, i:i + h, j:j + w]
+    return y
+
+  for conv in model.modules():
+    if (isinstance(conv, torch.nn.Conv2d) and conv.groups > 1
+        and conv.groups == conv.in_channels == conv.out_channels):
+      assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+      assert conv.weight.dtype == torch.float64
+      probe = torch.randn(1, conv.in_channels, 9, 11, dtype=torch.float64)
+      with torch.no_grad():
+        assert torch.allclose(shifted(conv, probe), conv(probe), rtol=0, atol=1e-12)
+      conv.forward = functools.partial(shifted, conv)
+  return model

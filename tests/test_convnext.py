@@ -6,7 +6,6 @@ fake/autograd registrations for them fail. ``_import_timm`` then stubs those two
 modules (ConvNeXt uses none of the ops) and retries; if torch or timm is missing the tests skip.
 """
 
-import functools
 import re
 
 import jax
@@ -18,6 +17,7 @@ from fer_jax import testing
 from fer_jax.models import convnext
 from fer_jax.models.convert import (convnext_from_torch_state_dict, infer_convnext_config,
                                     load_convnext_params, load_torch_weights, map_torch_params)
+from fer_jax.testing import fast_depthwise64, RTOL64, to_float64, U32
 
 # timm parity runs both sides in float64 (x64 on, float64 params and images; torch .double()). In
 # float32 the two differ by ~1e-5 after the LayerNorms and GELUs of a few blocks, by an amount that
@@ -26,8 +26,6 @@ from fer_jax.models.convert import (convnext_from_torch_state_dict, infer_convne
 # the largest reference magnitude) has a wide margin on any machine, while a parameter off by 1e-3
 # moves outputs by >~1e-5 of their size. The model returns logits / features rounded to float32:
 # exactly one more rounding, <= U32 |value|.
-RTOL64 = 1e-9
-U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 
 
 def _jit_apply(model):
@@ -74,40 +72,6 @@ def _timm_atto(torch, timm, patch, num_classes=7, seed=0):
 
 def _nchw(torch, x):
   return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
-
-
-def _fast_depthwise64(model, torch):
-  """Swaps the forward of every depthwise Conv2d (stride 1, zero padding) in a float64 torch model
-  for the same sum written as kernel-tap shifts: torch's CPU float64 depthwise conv is very slow
-  (~50 s for ConvNeXt-T at 224 px). Same weights, same math, another float64 summation order;
-  each swapped conv is checked against torch's own on a small input. Returns the model."""
-  F = torch.nn.functional
-
-  def shifted(conv, x):
-    kh, kw = conv.kernel_size
-    ph, pw = conv.padding
-    h, w = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
-    xp = F.pad(x, (pw, pw, ph, ph))
-    y = 0.0 if conv.bias is None else conv.bias.view(1, -1, 1, 1)
-    for i in range(kh):
-      for j in range(kw):
-        y = y + conv.weight[:, 0, i, j].view(1, -1, 1, 1) * xp[:, :, i:i + h, j:j + w]
-    return y
-
-  for conv in model.modules():
-    if (isinstance(conv, torch.nn.Conv2d) and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels):
-      assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
-      assert conv.weight.dtype == torch.float64
-      probe = torch.randn(1, conv.in_channels, 9, 11, dtype=torch.float64)
-      with torch.no_grad():
-        assert torch.allclose(shifted(conv, probe), conv(probe), rtol=0, atol=1e-12)
-      conv.forward = functools.partial(shifted, conv)
-  return model
-
-
-def _f64(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
 def _assert_parity64(got, want, what=""):
@@ -184,13 +148,13 @@ def test_block_parity_with_timm(tt):
   from timm.models.convnext import ConvNeXtBlock as TimmBlock
   torch.manual_seed(0)
   ref = _randomize(torch, TimmBlock(in_chs=24, conv_mlp=False, ls_init_value=1e-6), 1).double()
-  ref = _fast_depthwise64(ref, torch)
+  ref = fast_depthwise64(ref, torch)
   sd = {f"stages.0.blocks.0.{k}": v for k, v in ref.state_dict().items()}
   params, unexpected = map_torch_params(sd)
   assert not unexpected
   x = np.random.RandomState(0).randn(2, 9, 9, 24)
   ours = convnext.ConvNeXtBlock()
-  variables = {"params": _f64(params["stage_0"]["block_0"])}
+  variables = {"params": to_float64(params["stage_0"]["block_0"])}
   for train in (False, True):  # drop path rate 0: train mode equals eval mode in both.
     ref.train(train)
     with torch.no_grad():
@@ -208,8 +172,8 @@ def test_convnext_atto_parity_with_timm(tt, patch, size):
   float64 on both sides (see RTOL64)."""
   torch, timm = tt
   ref = _timm_atto(torch, timm, patch)
-  params = _f64(convnext_from_torch_state_dict(ref.state_dict()))
-  ref = _fast_depthwise64(ref.double(), torch)
+  params = to_float64(convnext_from_torch_state_dict(ref.state_dict()))
+  ref = fast_depthwise64(ref.double(), torch)
   x = np.random.RandomState(1).rand(3, size, size, 3)
   model = convnext.ConvNeXtAtto(num_classes=7, stem_patch_size=patch)
   with torch.no_grad():  # (timm's float64 convs are slow on CPU: one eval forward, head split)

@@ -23,6 +23,7 @@ from fer_jax.models.convert import convnext_from_torch_state_dict, load_torch_we
 from fer_jax.models.emonext_convert import (backbone_of, emonext_from_torch_state_dict,
                                             infer_emonext_config, load_convnext_backbone,
                                             load_emonext_variables)
+from fer_jax.testing import assert_within, fast_depthwise64, RTOL64, to_float64, U32
 
 # Torch parity runs both sides in float64 (x64 on, float64 variables and images; torch .double()).
 # Float32 parity differs by up to ~2e-4 (train mode: the STN's batch-statistics BatchNorm, then the
@@ -32,8 +33,6 @@ from fer_jax.models.emonext_convert import (backbone_of, emonext_from_torch_stat
 # >~1e-5 of their size. Pieces the model computes in float32 whatever the input dtype (the STN's
 # theta head, the attention softmax, L_SA; logits / features are returned rounded to float32) get
 # tolerances derived from the float32 computation, in units of U32 (see _softmax_f32_tol etc.).
-RTOL64 = 1e-9
-U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 # A small custom size (timm accepts depths / dims overrides) for the cheaper checks.
 SMALL = dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 48))
 
@@ -325,27 +324,13 @@ def _images(seed, n, size):
   return np.clip(x, 0, 1).astype(np.float32)
 
 
-def _f64(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _assert_within(got, want, tol, what):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape, (what, got.shape, want.shape)
-  err = np.abs(got - want)
-  excess, scale = (err - tol).max(), np.abs(want).max()
-  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{excess:.3g} (reference max {scale:.3g})")
-  return err.max()
-
-
 def _assert_parity64(got, want, what):
   """JAX value computed in float64 vs the float64 torch value: RTOL64 of the largest magnitude, plus
   U32 |want| when the model hands it back rounded to float32 (logits, features)."""
   rounded = np.asarray(got).dtype == np.float32
   want = np.asarray(want, np.float64)
   tol = RTOL64 * np.abs(want).max() + (U32 * np.abs(want) if rounded else 0.0)
-  return _assert_within(got, want, tol, what)
+  return assert_within(got, want, tol, what)
 
 
 def _softmax_f32_tol(w, ds, scores):
@@ -396,36 +381,6 @@ def _sa_loss_tol(w, tw):
   return 2 * (4 * t * dev + 4 * t * t + 2 * (n + 1) * U32 * m * dev + (n + 5) * U32 * loss)
 
 
-def _fast_depthwise64(model, torch):
-  """Swaps the forward of every depthwise Conv2d (stride 1, zero padding) in a float64 torch model
-  for the same sum written as kernel-tap shifts: torch's CPU float64 depthwise conv is very slow
-  (~50 s for ConvNeXt-T at 224 px). Same weights, same math, another float64 summation order;
-  each swapped conv is checked against torch's own on a small input. Returns the model."""
-  F = torch.nn.functional
-
-  def shifted(conv, x):
-    kh, kw = conv.kernel_size
-    ph, pw = conv.padding
-    h, w = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
-    xp = F.pad(x, (pw, pw, ph, ph))
-    y = 0.0 if conv.bias is None else conv.bias.view(1, -1, 1, 1)
-    for i in range(kh):
-      for j in range(kw):
-        y = y + conv.weight[:, 0, i, j].view(1, -1, 1, 1) * xp[:, :, i:i + h, j:j + w]
-    return y
-
-  for conv in model.modules():
-    if (isinstance(conv, torch.nn.Conv2d) and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels):
-      assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
-      assert conv.weight.dtype == torch.float64
-      probe = torch.randn(1, conv.in_channels, 9, 11, dtype=torch.float64)
-      with torch.no_grad():
-        assert torch.allclose(shifted(conv, probe), conv(probe), rtol=0, atol=1e-12)
-      conv.forward = functools.partial(shifted, conv)
-  return model
-
-
 def _parity_runs(torch, ref, model, variables, x, modes):
   """Runs the JAX EmoNeXt in float64 (x64 on, float64 variables and images) in each train mode of
   ``modes`` (one compile), capturing intermediates, and a float64 copy of the torch reference
@@ -442,8 +397,8 @@ def _parity_runs(torch, ref, model, variables, x, modes):
       return [model.apply(v, x, train=train, return_features=True, capture_intermediates=True,
                           mutable=["batch_stats", "intermediates"],
                           rngs={"dropout": jax.random.key(0)}) for train in modes]
-    outs = jax.jit(run)(_f64(variables), np.asarray(x, np.float64))
-  t64 = _fast_depthwise64(copy.deepcopy(ref).double(), torch)
+    outs = jax.jit(run)(to_float64(variables), np.asarray(x, np.float64))
+  t64 = fast_depthwise64(copy.deepcopy(ref).double(), torch)
   results = []
   for train, ((logits, aux), state) in zip(modes, outs):
     theta = np.asarray(state["intermediates"]["stn"]["fc_loc_1"]["__call__"][0])
@@ -485,7 +440,7 @@ def _check_parity(jax_out, state, want, sa_mode):
   h = want["fc_loc_hidden"]
   bound = (h.shape[-1] + 3) * U32 * (np.abs(h) @ np.abs(want["fc_loc_weight"]).T
                                       + np.abs(want["fc_loc_bias"]))
-  err["theta"] = _assert_within(inter["stn"]["fc_loc_1"]["__call__"][0], want["theta"],
+  err["theta"] = assert_within(inter["stn"]["fc_loc_1"]["__call__"][0], want["theta"],
                                 bound + RTOL64 * np.abs(want["theta"]).max(), "theta")
   for name in ("logits", "features"):
     err[name] = _assert_parity64(jax_out[0] if name == "logits" else aux[name], want[name], name)
@@ -498,8 +453,8 @@ def _check_parity(jax_out, state, want, sa_mode):
   else:
     scores = q[:, :, None] * k[:, None, :] / math.sqrt(c)
   tw = _softmax_f32_tol(w, _score_f32_err(q, k, sa_mode), scores) + RTOL64
-  err["attention"] = _assert_within(aux["attention"], w, tw, "attention")
-  err["sa_loss"] = _assert_within(aux["sa_loss"], want["sa_loss"],
+  err["attention"] = assert_within(aux["attention"], w, tw, "attention")
+  err["sa_loss"] = assert_within(aux["sa_loss"], want["sa_loss"],
                                   _sa_loss_tol(w, tw) + RTOL64 * want["sa_loss"], "sa_loss")
   return err
 

@@ -21,6 +21,7 @@ from flax.traverse_util import flatten_dict
 
 from fer_jax.models import inception_resnet as irn
 from fer_jax.registry import get_model
+from fer_jax.testing import assert_within, RTOL64, to_float64, U32
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -33,8 +34,6 @@ F = torch.nn.functional
 # has a wide margin on any machine, while a parameter off by 1e-3 moves outputs by >~1e-5 of their
 # size. The model pools its features and applies its tanh in float32 whatever the input dtype: those
 # outputs get bounds derived from that float32 step, in units of U32.
-RTOL64 = 1e-9
-U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 # XLA's float32 tanh is a rational approximation: relative error <= 4.5 U32 measured on a dense
 # grid of [-30, 30]; we allow 16 U32.
 ACT_ERR = 16 * U32
@@ -295,21 +294,6 @@ def _input(shape, seed=0):
   return jnp.asarray(np.random.RandomState(seed).uniform(0.0, 1.0, shape).astype(np.float32))
 
 
-def _f64(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _within(got, want, tol, what=""):
-  """|got - want| <= tol elementwise (tol broadcast); returns the max abs difference."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape, (what, got.shape, want.shape)
-  err = np.abs(got - want)
-  excess, scale = (err - tol).max(), np.abs(want).max()
-  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{excess:.3g} (reference max {scale:.3g})")
-  return err.max()
-
-
 def _parity64(got, want, what=""):
   """JAX value computed in float64 vs float64 torch / NumPy: RTOL64 of the largest magnitude, plus
   U32 |want| if the model returned it rounded to float32."""
@@ -317,7 +301,7 @@ def _parity64(got, want, what=""):
   tol = RTOL64 * np.abs(want).max()
   if np.asarray(got).dtype == np.float32:
     tol = tol + U32 * np.abs(want)
-  return _within(got, want, tol, what)
+  return assert_within(got, want, tol, what)
 
 
 def _tanh_f32_tol(y, out, tol_y):
@@ -475,7 +459,7 @@ def test_blocks_match_torch_reference(padding):
     variables = random_variables(block, x, seed=3)
     x = np.asarray(x, np.float64)
     with jax.enable_x64(True):
-      got = jax.jit(block.apply)(_f64(variables), x)
+      got = jax.jit(block.apply)(to_float64(variables), x)
     assert got.dtype == np.float64
     tblock = tmake(shape[-1], padding == "SAME")
     n = copy_block(variables, tblock)
@@ -506,7 +490,7 @@ def _frame_parity(name, size, seed=0, **kwargs):
   x = np.asarray(x, np.float64)
   with jax.enable_x64(True):
     out, feats = jax.jit(model.apply, static_argnames=("train", "return_features"))(
-        _f64(variables), x, train=False, return_features=True)
+        to_float64(variables), x, train=False, return_features=True)
   tm = TFrameModel(num_outputs=model.num_outputs, num_a=model.num_a, num_b=model.num_b,
                    num_c=model.num_c, width=model.width_multiplier,
                    same_net=model.padding == "SAME", multiscale=model.multiscale,
@@ -524,9 +508,9 @@ def _frame_parity(name, size, seed=0, **kwargs):
   # float32 sum of H*W terms (gamma_HW) and the division: |df| <= (HW + 2) U32 mean|s| per feature.
   # The head then runs in float64 on those features (|dy| <= |df| |W|), then tanh in float32.
   tol_f = (tm.backbone.pool_hw + 2) * U32 * tm.backbone.pool_abs + RTOL64 * np.abs(t_feats).max()
-  _within(feats, t_feats, tol_f, "features")
+  assert_within(feats, t_feats, tol_f, "features")
   tol_y = tol_f @ np.abs(np.asarray(variables["params"]["head"]["kernel"], np.float64))
-  _within(out, t_out, _tanh_f32_tol(t_y, t_out, tol_y), "outputs")
+  assert_within(out, t_out, _tanh_f32_tol(t_y, t_out, tol_y), "outputs")
   assert np.all(np.abs(np.asarray(out)) < 1.0)
   assert np.abs(t_out - t_out[:1]).max() > 1e-3  # not saturated: the comparison means something
   return np.asarray(out)
@@ -591,7 +575,7 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
                     lstm_layers=layers, bidirectional=bidirectional)
   x = np.asarray(_input((b, t, 75, 75, 3), seed=4), np.float64)
   variables = random_variables(model, x, seed=4)
-  v64 = _f64(variables)
+  v64 = to_float64(variables)
 
   @jax.jit
   def apply(v, x):  # float64 throughout but the float32 pooling and tanh (see the top)
@@ -612,7 +596,7 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   # pooling is one rounding to float32: at most one flipped rounding apart, <= 2 U32 |f|.
   model_feats = np.asarray(state["intermediates"]["backbone"]["__call__"][0]).reshape(feats.shape)
   assert irn.feature_sizes(75)[-1] == 1 and model_feats.dtype == np.float32
-  _within(feats, model_feats, 2 * U32 * np.abs(model_feats), "per-frame backbone")
+  assert_within(feats, model_feats, 2 * U32 * np.abs(model_feats), "per-frame backbone")
   in_dim = feats.shape[-1]
   lstm = _torch_lstm_from_flax(variables["params"], hidden, layers, bidirectional, in_dim).double()
   with torch.no_grad():
@@ -621,7 +605,7 @@ def test_lstm_equals_per_frame_backbone_then_torch_lstm(layers, bidirectional):
   y = t_lstm @ head["kernel"] + head["bias"]
   want = np.tanh(y)
   _parity64(lstm_out, t_lstm, "lstm")  # the float64 LSTM's output, returned rounded to float32
-  _within(out, want, _tanh_f32_tol(y, want, 0.0), "outputs")  # float64 head, float32 tanh
+  assert_within(out, want, _tanh_f32_tol(y, want, 0.0), "outputs")  # float64 head, float32 tanh
   assert np.all(np.abs(np.asarray(out)) < 1.0)
   assert np.abs(want[:, 1:] - want[:, :1]).max() > 1e-3  # frames differ
   # Parameter count: torch keeps two biases per gate, Flax one.
@@ -647,7 +631,7 @@ def test_convbn_train_mode_matches_numpy_batch_norm():
   running = momentum * running + (1 - momentum) * batch (Flax convention; PyTorch momentum 0.01)."""
   unit = irn.ConvBN(5, (3, 3), (2, 2), "VALID")
   x = _input((4, 9, 8, 3), seed=6)
-  variables = _f64(random_variables(unit, x, seed=6))
+  variables = to_float64(random_variables(unit, x, seed=6))
   x = np.asarray(x, np.float64)
   with jax.enable_x64(True):  # float64 on both sides (see RTOL64)
     y, upd = unit.apply(variables, x, train=True, mutable=["batch_stats"])

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from fer_jax.layers import spatial_transformer as st
+from fer_jax.testing import assert_within, RTOL64, to_float64, U32
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -26,8 +27,6 @@ F = torch.nn.functional
 # coordinate, weight or parameter off by 1e-3) gives >~1e-5. The STN's theta head runs in float32
 # whatever the input dtype: theta and what depends on its float32 rounding get bounds derived from
 # that float32 computation, in units of U32.
-RTOL64 = 1e-9
-U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 
 
 def _nchw(x, dtype=np.float32):
@@ -38,26 +37,11 @@ def _nchw64(x):
   return _nchw(x, np.float64)
 
 
-def _f64(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _within(got, want, tol, what=""):
-  """|got - want| <= tol elementwise (tol broadcast); returns the max abs difference."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape, (what, got.shape, want.shape)
-  err = np.abs(got - want)
-  excess, scale = (err - tol).max(), np.abs(want).max()
-  assert np.all(err <= tol), (f"{what}: max abs diff {err.max():.3g}, exceeds its bound by up to "
-                              f"{excess:.3g} (reference max {scale:.3g})")
-  return err.max()
-
-
 def _parity64(got, want, what=""):
   """A JAX result computed in float64 vs float64 torch: RTOL64 of the largest magnitude."""
   assert np.asarray(got).dtype == np.float64, (what, np.asarray(got).dtype)
   want = np.asarray(want, np.float64)
-  return _within(got, want, RTOL64 * np.abs(want).max(), what)
+  return assert_within(got, want, RTOL64 * np.abs(want).max(), what)
 
 
 def _nhwc(t):
@@ -366,7 +350,7 @@ def _check_theta(theta, rec, net):
   w, b = net.fc_loc[2].weight.detach().numpy(), net.fc_loc[2].bias.detach().numpy()
   want = rec["theta"].detach().numpy()
   bound = (h.shape[-1] + 3) * U32 * (np.abs(h) @ np.abs(w).T + np.abs(b))
-  _within(np.reshape(theta, want.shape), want, bound + RTOL64 * np.abs(want).max(), "theta")
+  assert_within(np.reshape(theta, want.shape), want, bound + RTOL64 * np.abs(want).max(), "theta")
   return want.reshape(-1, 2, 3)
 
 
@@ -380,7 +364,7 @@ def test_stn_matches_torch_eval(size):
   # float64 but the float32 theta head (see RTOL64), at full float32 precision on accelerators too
   with jax.enable_x64(True), jax.default_matmul_precision("highest"):
     y, theta = jax.jit(functools.partial(st.SpatialTransformer().apply, return_theta=True))(
-        _f64(variables), x)
+        to_float64(variables), x)
   assert theta.dtype == np.float32 and y.dtype == np.float64
   # The torch STN in float64, continuing from our theta (at 224 px a theta rounding error d moves
   # samples by ~111 d px, so the warp is compared from the same theta; theta itself against its
@@ -403,7 +387,7 @@ def test_stn_train_mode_and_param_grads_match_torch():
   net = _torch_stn(size, seed=1).train()
   x = _smooth_images(3, size, seed=1).astype(np.float64)
   g = np.random.default_rng(2).normal(size=x.shape)
-  variables = _f64(st.stn_from_torch_state_dict(net.state_dict()))
+  variables = to_float64(st.stn_from_torch_state_dict(net.state_dict()))
   old_var = variables["batch_stats"]["loc_bn_0"]["var"]
   m = st.SpatialTransformer()
 
@@ -457,7 +441,7 @@ def test_stn_train_mode_and_param_grads_match_torch():
        np.tensordot(e_hidden.reshape(-1), np.abs(conv_jac), axes=1).transpose(2, 3, 1, 0))]
   for what, ours, ref, bound in pairs:
     assert np.abs(ref).max() > 1e-3, what
-    _within(ours, ref, bound + RTOL64 * np.abs(ref).max(), what)
+    assert_within(ours, ref, bound + RTOL64 * np.abs(ref).max(), what)
   # Running statistics: mean as torch; torch's variance update uses the unbiased batch variance:
   # torch_new - 0.9 old = (ours - 0.9 old) n / (n - 1), n = B (H - 6)^2 (float64).
   bn = net.localization[1]
