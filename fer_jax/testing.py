@@ -112,3 +112,17 @@ def fast_depthwise64(model: Any, torch: Any) -> Any:
         assert torch.allclose(shifted(conv, probe), conv(probe), rtol=0, atol=1e-12)
       conv.forward = functools.partial(shifted, conv)
   return model
+
+
+def umeyama_reference(src: Any, dst: Any) -> Any:
+  """Umeyama (1991) least-squares similarity (Eqs. 38-42) via SVD in NumPy float64: the (2, 3) matrix
+  mapping ``src`` points onto ``dst`` (the reference the face-alignment code is tested against)."""
+  import numpy as np
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  s, d = src - mu_s, dst - mu_d
+  u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+  fix = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+  r = u @ fix @ vt
+  c = np.trace(np.diag(sig) @ fix) / (s ** 2).sum(1).mean()
+  return np.concatenate([c * r, (mu_d - c * r @ mu_s)[:, None]], 1)

@@ -7,24 +7,13 @@ from scipy import ndimage
 
 from fer_jax.data import align
 from fer_jax.data import synthetic
+from fer_jax.testing import umeyama_reference
 
 # iBUG-68 left-right mirror pairs (image-left index -> image-right index).
 _MIRROR = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30]
                    + [35, 34, 33, 32, 31] + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
                    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]
                    + [64, 63, 62, 61, 60, 67, 66, 65])
-
-
-def _umeyama(src, dst):
-  """Umeyama (1991) Eqs. 38-42 via SVD in float64 (reference)."""
-  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-  mu_s, mu_d = src.mean(0), dst.mean(0)
-  s, d = src - mu_s, dst - mu_d
-  u, sig, vt = np.linalg.svd(d.T @ s / len(src))
-  fix = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-  r = u @ fix @ vt
-  c = np.trace(np.diag(sig) @ fix) / (s ** 2).sum(1).mean()
-  return np.concatenate([c * r, (mu_d - c * r @ mu_s)[:, None]], 1)
 
 
 def _lstsq_similarity(src, dst, w=None):
@@ -158,7 +147,7 @@ def test_estimate_similarity_matches_umeyama_svd_and_lstsq(n):
     dst = _apply(_similarity(rng.uniform(-90, 90), rng.uniform(0.5, 2), 3, -7), src)
     dst = dst + rng.normal(0, 4, dst.shape)  # Not an exact similarity any more.
     got = np.asarray(align.estimate_similarity(src, dst), np.float64)
-    ref = _umeyama(src, dst)
+    ref = umeyama_reference(src, dst)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-3)
     np.testing.assert_allclose(got, _lstsq_similarity(src, dst), rtol=1e-4, atol=2e-3)
 
@@ -169,7 +158,7 @@ def test_estimate_similarity_never_reflects():
   dst = src * [-1.0, 1.0] + [5.0, 2.0]  # A mirror image: best similarity is not a reflection.
   got = np.asarray(align.estimate_similarity(src, dst), np.float64)
   assert np.linalg.det(got[:, :2]) > 0
-  np.testing.assert_allclose(got, _umeyama(src, dst), atol=1e-3)
+  np.testing.assert_allclose(got, umeyama_reference(src, dst), atol=1e-3)
   np.testing.assert_allclose(got, _lstsq_similarity(src, dst), atol=1e-3)
 
 
@@ -299,7 +288,7 @@ def test_align_face_maps_a_transformed_template_onto_the_template(template, n_po
   # Reference: NumPy Umeyama from the points the template uses to the template in crop pixels.
   src = np.asarray(align.landmarks_68_to_5(landmarks)) if template == "5" and n_points == 68 \
       else landmarks
-  ref = _umeyama(src, align.template_points(template, size, scale))
+  ref = umeyama_reference(src, align.template_points(template, size, scale))
   np.testing.assert_allclose(np.asarray(out.matrix), ref, rtol=1e-4, atol=2e-3)
   np.testing.assert_allclose(np.asarray(out.landmarks), _apply(ref, landmarks), atol=2e-3)
   if template == "68" or n_points == 5:

@@ -24,6 +24,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from fer_jax.data import align
+from fer_jax.testing import umeyama_reference
 from tfds_builders import testing
 from tfds_builders.afew_va import afew_va_dataset_builder as ab
 from tfds_builders.afew_va import make_dummy_data
@@ -82,17 +83,6 @@ def _reference_clip(clip_id):
           get('landmarks').astype(np.float64), frames, doc['actor'])
 
 
-def _umeyama(src, dst):
-  """Umeyama (1991) least-squares similarity via SVD, NumPy float64."""
-  mu_s, mu_d = src.mean(0), dst.mean(0)
-  s, d = src - mu_s, dst - mu_d
-  u, sig, vt = np.linalg.svd(d.T @ s / len(src))
-  fix = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-  r = u @ fix @ vt
-  c = np.trace(np.diag(sig) @ fix) / (s ** 2).sum(1).mean()
-  return np.concatenate([c * r, (mu_d - c * r @ mu_s)[:, None]], 1)
-
-
 def _reference_matrix(lm, cfg):
   s = cfg.size
   if cfg.crop == 'box':
@@ -103,7 +93,7 @@ def _reference_matrix(lm, cfg):
                      [0, k, (s - 1) / 2 - k * centre[1]]])
   dst = (align.TEMPLATES[cfg.template] - 55.5) * s / 112 / cfg.scale + (
       s - 1) / 2
-  return _umeyama(lm, dst)
+  return umeyama_reference(lm, dst)
 
 
 def _reference_crop(frame, matrix, size, n):
