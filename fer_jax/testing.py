@@ -126,3 +126,21 @@ def umeyama_reference(src: Any, dst: Any) -> Any:
   r = u @ fix @ vt
   c = np.trace(np.diag(sig) @ fix) / (s ** 2).sum(1).mean()
   return np.concatenate([c * r, (mu_d - c * r @ mu_s)[:, None]], 1)
+
+
+def timm_to_official_convnext(sd: Any, prefix: str = "") -> dict:
+  """A timm ConvNeXt state dict renamed to facebookresearch/ConvNeXt naming (Linear MLP weights),
+  written independently of the converter under test; ``prefix`` e.g. 'module.' (DataParallel)."""
+  import re
+  import numpy as np
+  out = {}
+  for k, v in sd.items():
+    v = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+    k2 = (k.replace("stem.0", "downsample_layers.0.0").replace("stem.1", "downsample_layers.0.1")
+          .replace("head.norm", "norm").replace("head.fc", "head").replace("conv_dw", "dwconv")
+          .replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2").replace(".blocks.", "."))
+    k2 = re.sub(r"stages\.(\d)\.downsample\.(\d)", r"downsample_layers.\1.\2", k2)
+    if "pwconv" in k2 and v.ndim == 4:
+      v = v[:, :, 0, 0]
+    out[prefix + k2] = v
+  return out

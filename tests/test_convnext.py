@@ -6,7 +6,6 @@ fake/autograd registrations for them fail. ``_import_timm`` then stubs those two
 modules (ConvNeXt uses none of the ops) and retries; if torch or timm is missing the tests skip.
 """
 
-import re
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from fer_jax import testing
 from fer_jax.models import convnext
 from fer_jax.models.convert import (convnext_from_torch_state_dict, infer_convnext_config,
                                     load_convnext_params, load_torch_weights, map_torch_params)
-from fer_jax.testing import fast_depthwise64, RTOL64, to_float64, U32
+from fer_jax.testing import timm_to_official_convnext, fast_depthwise64, RTOL64, to_float64, U32
 
 # timm parity runs both sides in float64 (x64 on, float64 params and images; torch .double()). In
 # float32 the two differ by ~1e-5 after the LayerNorms and GELUs of a few blocks, by an amount that
@@ -200,25 +199,10 @@ def test_convnext_atto_parity_with_timm(tt, patch, size):
                                2 * U32 * (np.abs(f) @ np.abs(k) + np.abs(want)) + RTOL64)
 
 
-def _timm_to_official(sd):
-  """Renames a timm ConvNeXt state dict to facebookresearch/ConvNeXt naming (Linear MLP weights)."""
-  out = {}
-  for k, v in sd.items():
-    v = v.numpy()
-    k2 = (k.replace("stem.0", "downsample_layers.0.0").replace("stem.1", "downsample_layers.0.1")
-          .replace("head.norm", "norm").replace("head.fc", "head").replace("conv_dw", "dwconv")
-          .replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2").replace(".blocks.", "."))
-    k2 = re.sub(r"stages\.(\d)\.downsample\.(\d)", r"downsample_layers.\1.\2", k2)
-    if "pwconv" in k2 and v.ndim == 4:
-      v = v[:, :, 0, 0]
-    out[k2] = v
-  return out
-
-
 def test_official_naming_converts_identically(tt):
   torch, timm = tt
   sd = _timm_atto(torch, timm, 4).state_dict()
-  official = _timm_to_official(sd)
+  official = timm_to_official_convnext(sd)
   assert "downsample_layers.2.1.weight" in official and "stages.2.5.pwconv1.weight" in official
   a = convnext_from_torch_state_dict(sd)
   b = convnext_from_torch_state_dict({"module." + k: v for k, v in official.items()})

@@ -9,7 +9,6 @@ import copy
 import functools
 import math
 import os
-import re
 import sys
 
 import jax
@@ -23,7 +22,7 @@ from fer_jax.models.convert import convnext_from_torch_state_dict, load_torch_we
 from fer_jax.models.emonext_convert import (backbone_of, emonext_from_torch_state_dict,
                                             infer_emonext_config, load_convnext_backbone,
                                             load_emonext_variables)
-from fer_jax.testing import assert_within, fast_depthwise64, RTOL64, to_float64, U32
+from fer_jax.testing import timm_to_official_convnext, assert_within, fast_depthwise64, RTOL64, to_float64, U32
 
 # Torch parity runs both sides in float64 (x64 on, float64 variables and images; torch .double()).
 # Float32 parity differs by up to ~2e-4 (train mode: the STN's batch-statistics BatchNorm, then the
@@ -459,20 +458,6 @@ def _check_parity(jax_out, state, want, sa_mode):
   return err
 
 
-def _to_official(sd):
-  """Reference (timm-named) state dict -> yelboudouri/EmoNeXt naming, written independently."""
-  out = {}
-  for k, v in sd.items():
-    k2 = (k.replace("stem.0", "downsample_layers.0.0").replace("stem.1", "downsample_layers.0.1")
-          .replace("head.norm", "norm").replace("head.fc", "head").replace("conv_dw", "dwconv")
-          .replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2").replace(".blocks.", "."))
-    k2 = re.sub(r"stages\.(\d)\.downsample\.(\d)", r"downsample_layers.\1.\2", k2)
-    if "pwconv" in k2 and v.ndim == 4:
-      v = v[:, :, 0, 0]
-    out["module." + k2] = v
-  return out
-
-
 @pytest.fixture(scope="module")
 def atto_ref(tt):
   """Official-style EmoNeXt-atto at 64 px (STN, SE at downsampling, batch attention)."""
@@ -541,7 +526,7 @@ def test_paper_variant_parity_with_torch(tt):
 
 def test_official_naming_converts_identically(tt, atto_ref):
   sd = {k: v.numpy() for k, v in atto_ref.state_dict().items()}
-  official = _to_official(sd)
+  official = timm_to_official_convnext(sd, prefix="module.")
   for key in ("module.downsample_layers.2.2.fc.0.weight", "module.downsample_layers.3.1.weight",
               "module.stages.2.5.pwconv1.weight", "module.localization.5.running_var",
               "module.fc_loc.0.weight", "module.attention.query.weight", "module.norm.weight"):
