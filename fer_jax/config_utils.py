@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(dict(
       name="", import_module=ml_collections.FieldReference(None, field_type=str),
       data_dir=ml_collections.FieldReference(None, field_type=str),
-      manual_dir=ml_collections.FieldReference(None, field_type=str),
+      manual_dir=ml_collections.FieldReference(None, field_type=str), rebuild=False,
       train_split="train", num_classes=7, image_size=48, image_key="image", label_key="label"))
   c.input = ml_collections.ConfigDict(dict(
       batch_size=128, eval_batch_size=256, resize=48, crop=48, channels=3, rotation=0.0,

@@ -144,6 +144,20 @@ def _open_text(path: epath.Path):
                          newline=''))
 
 
+QUOTE_LIMIT = 200  # Characters of a CSV line quoted in an error message.
+
+
+def _quote_cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+  """`repr(text)`, cut to `limit` characters plus '...' and the full length.
+
+  A FER2013 data row is ~8 KB (2304 pixel values), so quoting a whole row
+  (e.g. a data row where the header should be) would flood the message.
+  """
+  if len(text) <= limit:
+    return repr(text)
+  return f'{text[:limit]!r}... ({len(text)} characters)'
+
+
 def _iter_csv(path: epath.Path, header: Sequence[str]):
   """Yields (line_number, row) after checking the header; wraps I/O errors."""
   with _open_text(path) as f:
@@ -155,9 +169,12 @@ def _iter_csv(path: epath.Path, header: Sequence[str]):
         raise CsvFormatError(
             path, 1, f'empty file, expected header {",".join(header)!r}')
       if tuple(c.strip() for c in first) != tuple(header):
+        hint = (' (the file seems to have no header row: line 1 looks like '
+                'data)' if first and first[0].strip() in _LABEL_STRINGS
+                and header == FER2013_HEADER else '')
         raise CsvFormatError(
-            path, 1, f'bad header {",".join(first)!r}, expected '
-            f'{",".join(header)!r}')
+            path, 1, f'bad header {_quote_cut(",".join(first))}, expected '
+            f'{",".join(header)!r}{hint}')
       line = reader.line_num
       for row in reader:
         line = reader.line_num
