@@ -6,7 +6,6 @@ overridden (``--config.optimizer.lr=3e-4``); an unknown field fails at once with
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -34,14 +33,17 @@ def main(argv):
   config = _CONFIG.value
   logging.info("Config:\n%s", config)
   logging.info("JAX %s: %d process(es), devices %s", jax.__version__, jax.process_count(), jax.devices())
-  if _MODE.value == "train":
-    results = trainer.train_and_evaluate(config, _WORKDIR.value)
-  else:
-    results = trainer.evaluate_checkpoint(config, _WORKDIR.value, split=_SPLIT.value)
-  for split, r in results.items():
-    if isinstance(r, dict) and "summary" in r:
-      print(f"FINAL {split}: {r['summary']}  "
-            f"(step {results.get('step')}, workdir {os.path.abspath(_WORKDIR.value)})", flush=True)
+  from fer_jax.train import workdir as workdir_lib
+  try:
+    if _MODE.value == "train":
+      results = trainer.train_and_evaluate(config, _WORKDIR.value)
+      trainer.print_final(results, _WORKDIR.value)  # nothing when preempted (that line is printed)
+    else:  # prints its FINAL lines itself, before writing any file
+      trainer.evaluate_checkpoint(config, _WORKDIR.value, split=_SPLIT.value)
+  except (workdir_lib.WorkdirLockedError, trainer.CheckpointMismatchError, trainer.OutputWriteError) as e:
+    # Errors of the work dir's state, not of the code: the message says all (no traceback). Exit 1.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _preflight(argv):

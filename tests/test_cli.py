@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -40,9 +41,8 @@ def test_wrong_type_override_is_rejected(tmp_path):
   assert p.returncode != 0 and "lr" in p.stderr
 
 
-def test_train_then_evaluate_writes_outputs(tmp_path):
-  workdir = tmp_path / "run"
-  overrides = [
+def _toy_overrides(tmp_path, workdir):
+  return [
       f"--config={SYN}:runlocal", "--config.dataset.name=toy_blobs",
       "--config.dataset.import_module=toy_blobs", f"--config.dataset.data_dir={tmp_path}/data",
       "--config.dataset.num_classes=4", "--config.evals.validation.split=validation",
@@ -50,6 +50,28 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
       "--config.input.eval_batch_size=32", "--config.model.head.num_outputs=4",
       "--config.model.backbone.dims=(8,16,16,16)", "--config.num_train_steps=6",
       "--config.log_every_steps=2", "--config.checkpoint.every_steps=3", f"--workdir={workdir}"]
+
+
+@pytest.mark.parametrize("bs", ["0", "-16"])
+def test_non_positive_batch_size_fails_naming_the_field(tmp_path, bs):
+  p = _cli("train", f"--config={SYN}", f"--config.input.batch_size={bs}", f"--workdir={tmp_path}/w")
+  assert p.returncode != 0
+  assert f"config.input.batch_size={bs}; expected a positive integer" in p.stderr
+  assert not (tmp_path / "w").exists()  # checked before the work dir, the data or the devices
+
+
+def test_evaluate_without_checkpoint_fails_and_leaves_no_folder(tmp_path):
+  workdir = tmp_path / "empty"
+  workdir.mkdir()
+  p = _cli("evaluate", "--split=validation", *_toy_overrides(tmp_path, workdir))
+  assert p.returncode != 0
+  assert f"No checkpoint in {workdir / 'checkpoints'}; train first (fer-jax train ...)" in p.stderr
+  assert os.listdir(workdir) == []
+
+
+def test_train_then_evaluate_writes_outputs(tmp_path):
+  workdir = tmp_path / "run"
+  overrides = _toy_overrides(tmp_path, workdir)
   p = _cli("train", *overrides)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "step 6/6" in p.stderr and "steps/s" in p.stderr and "ETA" in p.stderr
@@ -65,6 +87,20 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   ev = json.loads((workdir / "metrics_eval_validation.json").read_text())
   assert ev["step"] == 6 and ev["validation"]["confusion_matrix"] == cm
+  assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == 6
+  assert not (workdir / ".fer_jax.lock").exists()  # released at the end of training
+  # Evaluation while a run holds the work dir (a live lock: this test's process), with an output that
+  # cannot be written: the metrics are printed first, then a clear error naming the path, exit 1.
+  (workdir / ".fer_jax.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  (workdir / "metrics_eval_all.json").mkdir()
+  p = _cli("evaluate", *overrides)
+  assert p.returncode == 1, p.stderr[-3000:]
+  assert "FINAL validation: accuracy" in p.stdout
+  assert (f"error: Could not write the evaluation outputs to {workdir / 'metrics_eval_all.json'}: "
+          "IsADirectoryError") in p.stderr
+  assert "Traceback" not in p.stderr
+  (workdir / "metrics_eval_all.json").rmdir()
+  (workdir / ".fer_jax.lock").unlink()
   # A corrupt checkpoint: a clear error naming it, and nothing deleted.
   state_dir = workdir / "checkpoints" / "6" / "state"
   files = sorted(p for p in state_dir.rglob("*") if p.is_file())

@@ -4,6 +4,11 @@
 
 Writes WORKDIR/final_params.npz and WORKDIR/result.json. With KILL_AFTER_STEP, the process SIGKILLs
 itself right after the checkpoint of that step is on disk (a hard crash: no cleanup runs).
+
+Environment (robustness tests): TOY_SIGNAL_AT_STEP=k sends this process TOY_SIGNAL (TERM or INT,
+default TERM) TOY_SIGNAL_COUNT times (default 1) when the loop reaches the save call of step k;
+TOY_MODEL_DIMS='8,16,16,16' overrides the backbone dims. A preempted run writes result.json with
+``preempted_at_step`` and no final_params.npz.
 """
 
 import json
@@ -28,7 +33,8 @@ def toy_config(steps: int):
   c.evals = config_utils.evals("classification", test=None)
   c.input.update(batch_size=16, eval_batch_size=32, resize=18, crop=16, rotation=10.0, hflip=True,
                  num_threads=2)
-  c.model.backbone = dict(name="convnext", stem_patch_size=2, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
+  dims = tuple(int(d) for d in os.environ.get("TOY_MODEL_DIMS", "8,16,16,16").split(","))
+  c.model.backbone = dict(name="convnext", stem_patch_size=2, depths=(1, 1, 1, 1), dims=dims,
                           drop_path_rate=0.1)
   c.model.head = dict(name="linear", num_outputs=4)
   c.optimizer.update(lr=3e-3)
@@ -58,7 +64,24 @@ def main():
       return saved
 
     ocp.CheckpointManager.save = save_then_maybe_die
+  signal_at = os.environ.get("TOY_SIGNAL_AT_STEP")
+  if signal_at is not None:
+    signum = getattr(signal, "SIG" + os.environ.get("TOY_SIGNAL", "TERM"))
+    count = int(os.environ.get("TOY_SIGNAL_COUNT", "1"))
+    inner_save = ocp.CheckpointManager.save
+
+    def signal_then_save(self, step, *args, **kwargs):
+      if step == int(signal_at):
+        for _ in range(count):
+          os.kill(os.getpid(), signum)
+      return inner_save(self, step, *args, **kwargs)
+
+    ocp.CheckpointManager.save = signal_then_save
   result = trainer.train_and_evaluate(toy_config(steps), workdir)
+  if "preempted_at_step" in result:
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump({"preempted_at_step": result["preempted_at_step"], "loss_log": result["train_loss_log"]}, f)
+    return
   ckpt = trainer.create_checkpoint_manager(workdir, toy_config(steps))
   params = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]

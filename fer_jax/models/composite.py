@@ -18,9 +18,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fer_jax.models.heads import build_head
 from fer_jax.registry import BACKBONES
+
+
+# Inputs that hold pixels: integer arrays there are raw images that skipped preprocessing.
+IMAGE_INPUTS = ("image", "frames", "body", "context", "face")
 
 
 class Model(nn.Module):
@@ -39,6 +44,12 @@ class Model(nn.Module):
     if missing:
       raise ValueError(f"{type(self.backbone).__name__} needs the input(s) {missing}; got "
                        f"{sorted(inputs)}")
+    for k in self.input_names:
+      dtype = getattr(inputs[k], "dtype", None)
+      if k in IMAGE_INPUTS and dtype is not None and jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{type(self.backbone).__name__} expects float inputs; input {k!r} has dtype "
+                        f"{jnp.dtype(dtype).name} (raw pixels 0..255?). Preprocess with "
+                        "fer_jax.train.preprocess.preprocess_images first.")
     outputs = dict(self.backbone(**{k: inputs[k] for k in self.input_names}, train=train))
     head_out = self.head(outputs, train=train)
     clash = set(head_out) & set(outputs)

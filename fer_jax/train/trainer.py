@@ -17,7 +17,7 @@ import importlib
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax.struct
 import grain
@@ -32,7 +32,8 @@ from absl import logging
 from fer_jax import evaluators, registry
 from fer_jax.data import pipeline, sources
 from fer_jax.models import composite
-from fer_jax.train import optim, sharding, summary
+from fer_jax.train import optim, preemption, sharding, summary
+from fer_jax.train import workdir as workdir_lib
 
 
 @flax.struct.dataclass
@@ -46,6 +47,14 @@ class TrainState:
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class CheckpointMismatchError(RuntimeError):
+  """The checkpoints in the work dir hold a state of another shape than the current config builds."""
+
+
+class OutputWriteError(OSError):
+  """The results were computed (and printed) but could not be written to the work dir."""
 
 
 class _QuietLibraries:
@@ -174,8 +183,10 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.init_weights={path!r} does not exist")
   from fer_jax.models import convert
+  weights = convert.load_torch_weights(path)
+  _check_finite_weights(weights, path)
   params = jax.device_get(state.params)
-  backbone = registry.PRETRAINED.get(name)(params["backbone"], convert.load_torch_weights(path))
+  backbone = registry.PRETRAINED.get(name)(params["backbone"], weights)
   new = dict(params)
   new["backbone"] = backbone
   new = jax.tree.map(lambda old, v: np.asarray(v, dtype=old.dtype), params, new)
@@ -183,6 +194,20 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   ema = jax.tree.map(jnp.copy, new) if config.ema.get("decay", 0.0) else state.ema_params
   logging.info("Initialised the %s backbone from %s.", name, path)
   return state.replace(params=new, ema_params=ema)
+
+
+def _check_finite_weights(weights, path: str) -> None:
+  """Rejects a pretrained-weight file holding NaN or Inf, naming the file and the parameter."""
+  for key, value in (weights.items() if isinstance(weights, dict) else []):
+    try:
+      arr = np.asarray(value)
+    except (TypeError, RuntimeError):  # torch bfloat16 tensors: NumPy cannot hold them
+      arr = value.float().numpy()
+    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+      n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+      raise ValueError(f"config.init_weights={path!r}: parameter {key!r} (shape {tuple(arr.shape)}) holds "
+                       f"non-finite values ({n_nan} NaN, {n_inf} Inf); the file is damaged or was saved "
+                       "from a diverged model.")
 
 
 def param_count(params: Any) -> int:
@@ -193,7 +218,11 @@ def param_count(params: Any) -> int:
 # Checkpoints.
 # ----------------------------------------------------------------------------------------------------
 
-def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def create_checkpoint_manager(workdir: str, config, create: bool = True) -> ocp.CheckpointManager:
   cc = config.checkpoint
   policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
@@ -202,23 +231,82 @@ def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       save_decision_policy=policies.AnySavePolicy([
           policies.FixedIntervalPolicy(cc.get("every_steps", 1000)),
           policies.PreemptionCheckpointingPolicy()]),
-      enable_async_checkpointing=cc.get("async", True), create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data"))
+      enable_async_checkpointing=cc.get("async", True), create=create)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data"))
+
+
+def _saved_shapes(manager: ocp.CheckpointManager, step: int) -> Optional[Dict[str, Tuple[int, ...]]]:
+  """{keystr path: shape} of the state saved at ``step`` (from its metadata; None if unreadable)."""
+  tree = None
+  try:  # the saved tree metadata of the "state" item (<step>/state/_METADATA)
+    tree = ocp.StandardCheckpointHandler().metadata(
+        ocp.path.step.build_step_path(manager.directory, ocp.path.step.standard_name_format(), step)
+        / "state")
+  except Exception:  # noqa: BLE001 -- metadata is best effort
+    try:
+      meta = manager.item_metadata(step)
+      tree = meta["state"] if "state" in meta else None
+    except Exception:  # noqa: BLE001
+      tree = None
+  if tree is None:
+    return None
+  tree = getattr(tree, "tree", tree)
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves if hasattr(v, "shape")}
+
+
+def _shape_differences(saved: Dict[str, Tuple[int, ...]], abstract) -> List[str]:
+  """['.params['backbone']['x']: checkpoint (8,) vs config (16,)', ...] (saved state vs new state)."""
+  def norm(path: str) -> str:  # orbax metadata may use dict keys where the state has attributes
+    return path.replace("['", ".").replace("']", "").lstrip(".")
+  new = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+  saved_n = {norm(k): v for k, v in saved.items()}
+  new_n = {norm(k): (k, v) for k, v in new.items()}
+  out = []
+  order = ("params.", "model_state.", "ema_params.", "opt_state.")  # the model's own parameters first
+  rank = lambda k: (next((i for i, p in enumerate(order) if k.startswith(p)), len(order)), k)  # noqa: E731
+  for k in sorted(set(saved_n) | set(new_n), key=rank):
+    if k not in saved_n:
+      out.append(f"{k}: not in the checkpoint, shape {new_n[k][1]} in the config")
+    elif k not in new_n:
+      out.append(f"{k}: shape {saved_n[k]} in the checkpoint, not in the config")
+    elif saved_n[k] != new_n[k][1]:
+      out.append(f"{k}: shape {saved_n[k]} in the checkpoint vs {new_n[k][1]} in the config")
+  return out
+
+
+def _raise_mismatch(path: str, step: int, diffs: List[str], config_changes, cause) -> None:
+  shown = "\n  ".join(diffs[:20]) + (f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else "")
+  changed = (f"Config fields changed since the checkpoints were made: "
+             f"{workdir_lib.format_changes(config_changes)}." if config_changes else
+             "No saved config.json to compare with; some config field that shapes the model changed.")
+  raise CheckpointMismatchError(
+      f"The checkpoint at {path} (step {step}) does not fit the state this config builds: "
+      f"{len(diffs)} array(s) differ:\n  {shown}\n{changed}\n"
+      "The checkpoints are valid for the old config; use a new --workdir or restore the old config. "
+      "Nothing was deleted.") from cause
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, train_iter=None,
-                       step: Optional[int] = None):
-  """Restores ``state`` (shardings taken from the given state) and, if given, the grain iterator."""
+                       step: Optional[int] = None, config_changes: Optional[List[Tuple[str, Any, Any]]] = None):
+  """Restores ``state`` (shardings taken from the given state) and, if given, the grain iterator.
+
+  ``config_changes`` (from ``workdir.config_changes``) are named when the saved state does not fit."""
   step = manager.latest_step() if step is None else step
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  path = os.path.join(str(manager.directory), str(step))
+  # Shapes first (from the saved metadata): a state of another layout is a config change, not corruption,
+  # and orbax is not left with a half-done restore.
+  saved = _saved_shapes(manager, step)
+  diffs = _shape_differences(saved, abstract) if saved else []
+  if diffs:
+    _raise_mismatch(path, step, diffs, config_changes, None)
   items = {"state": ocp.args.StandardRestore(abstract)}
   if train_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # orbax raises many kinds; we name the path and keep the files.
-    path = os.path.join(str(manager.directory), str(step))
     raise RuntimeError(
         f"Could not restore the checkpoint at {path} (step {step}): {type(e).__name__}: {e}\n"
         "Nothing was deleted. If the checkpoint is corrupt, move that directory away and rerun to "
@@ -278,7 +366,7 @@ class Experiment:
     if ds.get("import_module"):
       importlib.import_module(ds.import_module)  # registers the user's own TFDS builders
     self.builder = sources.get_builder(ds.name, data_dir=ds.get("data_dir"),
-                                       manual_dir=ds.get("manual_dir"))
+                                       manual_dir=ds.get("manual_dir"), rebuild=ds.get("rebuild", False))
     self.task = get_task(config)
     self.task.bind(self.builder)
     self.aug = pipeline.aug_from_config(config.input)
@@ -344,9 +432,58 @@ class Experiment:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (resuming from ``workdir`` if it holds checkpoints), evaluates, writes results."""
+  """Trains (resuming from ``workdir`` if it holds checkpoints), evaluates, writes results.
+
+  Holds the work dir lock (``workdir/.fer_jax.lock``, process 0) for its duration. SIGTERM / SIGINT save a
+  checkpoint at the next step boundary and return ``{'preempted_at_step': N, ...}`` (see
+  ``fer_jax.train.preemption``); rerunning the same call resumes.
+  """
+  _check_batch_sizes(config)  # before the work dir, the data or the devices' memory are touched
   os.makedirs(workdir, exist_ok=True)
   quiet_library_logs()
+  with preemption.StopSignals() as signals:
+    lock = _take_lock(workdir)
+    try:
+      return _train_and_evaluate(config, workdir, signals)
+    finally:
+      if lock is not None:
+        lock.release()
+
+
+def _take_lock(workdir: str):
+  """Process 0 takes the work dir lock; in multi-process runs every process learns whether it did."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lib.WorkdirLock(workdir).acquire()
+    except workdir_lib.WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    ok = multihost_utils.broadcast_one_to_all(np.asarray(error is None, np.int32))
+    if error is None and not bool(ok):
+      error = workdir_lib.WorkdirLockedError(
+          f"Process 0 could not take the lock of the work dir {workdir}; its log says which run holds it.")
+  if error is not None:
+    raise error
+  return lock
+
+
+def _stop_for_signal(signals, manager, step: int, workdir: str, results: Dict[str, Any], is_main: bool):
+  """Waits for the checkpoint of ``step``, writes metrics.json, says how to resume."""
+  manager.wait_until_finished()
+  manager.close()
+  message = preemption.preempted_message(step, manager.directory)
+  results = {"preempted_at_step": int(step), **results}
+  if is_main:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(message, flush=True)
+  logging.warning("%s", message)
+  return results
+
+
+def _train_and_evaluate(config, workdir: str, signals) -> Dict[str, Any]:
   exp = Experiment(config, workdir)
   c = config
   is_main = jax.process_index() == 0
@@ -369,12 +506,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                exp.task.name, c.model.backbone.name, c.model.head.name, f"{n_params:,}",
                dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
 
-  # Checkpoint: resume automatically.
+  # Checkpoint: resume automatically (comparing the config with the one the checkpoints were made with).
   manager = create_checkpoint_manager(workdir, c)
   start_step = 0
+  current_config = workdir_lib.config_to_dict(c)
   if manager.latest_step() is not None:
-    state, start_step = restore_checkpoint(manager, state, train_iter)
+    saved_config = workdir_lib.read_saved_config(workdir)
+    changes = workdir_lib.config_changes(saved_config, current_config) if saved_config is not None else []
+    for path, old, new in changes:
+      logging.warning("Resuming with a changed config field %s: %r -> %r%s", path, old, new,
+                      "" if workdir_lib.is_layout_safe(path) else
+                      " (the checkpoint's state must still fit this config)")
+    state, start_step = restore_checkpoint(manager, state, train_iter, config_changes=changes)
     logging.info("Resumed from %s at step %d.", manager.directory, start_step)
+    if is_main and (saved_config is None or changes):
+      workdir_lib.write_config(workdir, c)
+  elif is_main:
+    workdir_lib.write_config(workdir, c)
+  previous_metrics = workdir_lib.read_metrics(workdir) if start_step else {}
 
   p_train_step = jax.jit(
       functools.partial(train_step, model=exp.model, tx=tx, config=c, task=exp.task),
@@ -392,6 +541,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   history = []
   loss_log = []  # (step, mean train loss over the logging interval)
   step = start_step
+
+  def run_summary(preempted: bool) -> Dict[str, Any]:
+    """The fields of metrics.json that describe training (merged with the earlier runs' ones)."""
+    seconds = time.time() - t_start
+    run = {"start_step": int(start_step), "end_step": int(step), "train_seconds": seconds,
+           "preempted": preempted}
+    merged_log, runs = workdir_lib.merge_previous_metrics(previous_metrics, start_step, loss_log, run)
+    return {"step": int(step), "num_train_steps": num_train_steps, "train_seconds_this_run": seconds,
+            "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in runs)), "runs": runs,
+            "param_count": n_params, "task": exp.task.name, "backbone": c.model.backbone.name,
+            "head": c.model.head.name, "dataset": c.dataset.name, "train_loss_log": merged_log}
+
   while step < num_train_steps:
     batch = _global_batch(next(train_iter), exp.batch_sharding)
     state, metrics = p_train_step(state, batch, dropout_rng)
@@ -428,32 +589,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         result = exp.run_eval(spec, evaluator, predict, writer, step, False, eval_datasets)
         logging.info("eval %s (%s) at step %d: %s", spec.name, spec.split, step, evaluator.summary(result))
     out_of_time = time_limit and time.time() - t_start > time_limit
-    preempted = manager.reached_preemption(step)
+    preempted = signals.agreed(step, manager)
     force = step == num_train_steps or out_of_time or preempted
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)),
         force=force)
     if preempted:
-      manager.wait_until_finished()
-      logging.warning("Preemption signal: saved step %d to %s; exiting.", step, manager.directory)
-      return {"preempted_at_step": step}
+      writer.flush()
+      return _stop_for_signal(signals, manager, step, workdir, run_summary(True), is_main)
     if out_of_time:
       logging.warning("config.train_time_limit_minutes=%s reached at step %d of %d; stopping.",
                       c.train_time_limit_minutes, step, num_train_steps)
       break
   manager.wait_until_finished()
-  train_seconds = time.time() - t_start
 
-  # Final evaluation (EMA weights when configured).
-  results: Dict[str, Any] = {"step": int(step), "num_train_steps": num_train_steps,
-                             "train_seconds_this_run": train_seconds, "param_count": n_params,
-                             "task": exp.task.name, "backbone": c.model.backbone.name,
-                             "head": c.model.head.name, "dataset": c.dataset.name,
-                             "train_loss_log": loss_log}
+  # Final evaluation (EMA weights when configured). A signal now stops before the next evaluator: the
+  # checkpoint of `step` is on disk, and a rerun evaluates again.
+  results: Dict[str, Any] = run_summary(False)
   predict = exp.predict_fn(p_eval_step, _eval_params(state, c), state.model_state)
   for spec, evaluator in exp.evaluators:
     if not spec.final:
       continue
+    if signals.agreed(step, manager):
+      return _stop_for_signal(signals, manager, step, workdir, run_summary(True), is_main)
     result = exp.run_eval(spec, evaluator, predict, writer, step, True, eval_datasets)
     results[spec.name] = {"split": spec.split, "type": spec.type, **evaluator.to_json(result)}
     logging.info("Final %s on %s (step %d):\n%s", spec.name, spec.split, step, evaluator.report(result))
@@ -465,6 +623,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   return results
 
 
+def print_final(results: Dict[str, Any], workdir: str) -> None:
+  """One ``FINAL <evaluator>: <summary>`` line per evaluator result on stdout (process 0)."""
+  if jax.process_index() != 0:
+    return
+  for name, r in results.items():
+    if isinstance(r, dict) and "summary" in r:
+      print(f"FINAL {name}: {r['summary']}  (step {results.get('step')}, workdir {os.path.abspath(workdir)})",
+            flush=True)
+
+
 def _eval_params(state: TrainState, config):
   use_ema = config.ema.get("decay", 0.0) and config.ema.get("eval_with_ema", True)
   return state.ema_params if use_ema else state.params
@@ -473,7 +641,13 @@ def _eval_params(state: TrainState, config):
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: Optional[str] = None, step: Optional[int] = None) -> Dict[str, Any]:
   """Runs the evaluators of ``config.evals`` (those on ``split``, when given) on the latest (or given)
-  checkpoint in ``workdir``; writes metrics_eval_<split>.json and the PNGs."""
+  checkpoint in ``workdir``; writes metrics_eval_<split>.json and the PNGs.
+
+  Read-only on the checkpoints (no lock is taken; a training run may hold the work dir). The results are
+  logged and printed (``FINAL ...`` lines) before anything is written, so a work dir that cannot be
+  written still shows them; the write then fails with :class:`OutputWriteError` naming the path.
+  """
+  _check_batch_sizes(config)
   exp = Experiment(config, workdir)
   chosen = [(s, e) for s, e in exp.evaluators if split is None or s.split == split]
   if not chosen:
@@ -483,25 +657,45 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     exp.source(split)
     spec = evaluators.base.EvalSpec(name=split, type=exp.task.default_evaluator, split=split)
     chosen = [(spec, registry.EVALUATORS.get(spec.type)(exp.task, spec.name))]
+  ckpt_dir = checkpoint_dir(workdir)
+  if not os.path.isdir(ckpt_dir):  # checked first: orbax would create the folder
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}; train first (fer-jax train ...)")
+  manager = create_checkpoint_manager(workdir, config, create=False)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first (fer-jax train ...)")
+  saved_config = workdir_lib.read_saved_config(workdir)
+  changes = (workdir_lib.config_changes(saved_config, workdir_lib.config_to_dict(config))
+             if saved_config is not None else [])
   tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
   state, state_shardings = create_train_state(config, exp.model, tx, jax.random.key(0), exp.mesh, exp.task,
                                               exp.source(chosen[0][0].split))
-  manager = create_checkpoint_manager(workdir, config)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first (fer-jax train ...)")
-  state, step = restore_checkpoint(manager, state, None, step)
+  state, step = restore_checkpoint(manager, state, None, step, config_changes=changes)
+  manager.close()
   predict = exp.predict_fn(exp.jit_eval_step(state_shardings), _eval_params(state, config), state.model_state)
-  writer = summary.create_writer(workdir, just_logging=jax.process_index() > 0)
   out: Dict[str, Any] = {"step": int(step)}
   datasets: Dict[str, Any] = {}
+  raw = []
   for spec, evaluator in chosen:
-    result = exp.run_eval(spec, evaluator, predict, writer, step, True, datasets)
+    if spec.split not in datasets:
+      datasets[spec.split] = exp.eval_dataset(spec.split)
+    result = evaluator.run(predict, datasets[spec.split])
+    raw.append((spec, evaluator, result))
     out[spec.name] = {"split": spec.split, "type": spec.type, **evaluator.to_json(result)}
     logging.info("Evaluation %s of step %d on %s:\n%s", spec.name, step, spec.split, evaluator.report(result))
-  writer.flush()
-  if jax.process_index() == 0:
-    name = split or "all"
-    with open(os.path.join(workdir, f"metrics_eval_{name}.json"), "w") as f:
-      json.dump(out, f, indent=2)
-  manager.close()
+  print_final(out, workdir)
+  # Now the files (events, PNGs, metrics_eval_<split>.json).
+  path = workdir
+  try:
+    writer = summary.create_writer(workdir, just_logging=jax.process_index() > 0)
+    for spec, evaluator, result in raw:
+      evaluator.write(writer, workdir, spec.name, step, result, plot=True)
+    writer.flush()
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, f"metrics_eval_{split or 'all'}.json")
+      with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+  except OSError as e:
+    raise OutputWriteError(
+        f"Could not write the evaluation outputs to {path}: {type(e).__name__}: {e}. The metrics above were "
+        "computed; rerun with a writable --workdir (a copy of the checkpoints) to keep the files.") from e
   return out
