@@ -65,18 +65,22 @@ def test_registry_and_needs_labels():
 # --------------------------------------------------------------------------------------- uniform ---
 
 def test_uniform_is_the_pipeline_order_with_the_same_augmentation():
+  """The pipeline reads the sampler's single-process stream, augmented by global index; on N processes
+  process p reads block p of each global batch (process-count invariant batches)."""
   aug = pipeline.AugmentConfig(resize=6, crop=4, rotation=10.0, hflip=True, vflip=True)
-  src = _source(_labels((20, 11, 6)))  # 37 examples, 2 processes: shards of 19 and 18
-  for p in range(2):
-    want = iter(pipeline.train_dataset(src, aug, batch_size=4, seed=3, process_index=p,
-                                       process_count=2, num_threads=1))
-    ds = samplers.Uniform().dataset(src, seed=3, labels=None, process_index=p, process_count=2)
-    got = iter(ds.random_map(pipeline.TrainTransform(aug)).batch(4, drop_remainder=True)
-               .to_iter_dataset(grain.ReadOptions(num_threads=1)))
-    for _ in range(12):  # > 2 epochs
-      a, b = next(want), next(got)
-      np.testing.assert_array_equal(a["image"], b["image"])
-      np.testing.assert_array_equal(a["label"], b["label"])
+  src = _source(_labels((20, 11, 6)))  # 37 examples
+  ds = samplers.Uniform().dataset(src, seed=3, labels=None, process_index=0, process_count=1)
+  ref = iter(ds.random_map(pipeline.TrainTransform(aug)).batch(8, drop_remainder=True)
+             .to_iter_dataset(grain.ReadOptions(num_threads=1)))
+  one = iter(pipeline.train_dataset(src, aug, batch_size=8, seed=3, num_threads=1))
+  two = [iter(pipeline.train_dataset(src, aug, batch_size=4, seed=3, process_index=p, process_count=2,
+                                     num_threads=1)) for p in range(2)]
+  for _ in range(12):  # > 2 epochs
+    want, a = next(ref), next(one)
+    parts = [next(t) for t in two]
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(a[key], want[key])
+      np.testing.assert_array_equal(np.concatenate([q[key] for q in parts]), want[key])
 
 
 def test_uniform_reshuffles_every_epoch_and_shards_partition_each_epoch():

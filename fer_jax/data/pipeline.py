@@ -227,6 +227,35 @@ class EvalTransform(RecordEvalTransform):
 # Datasets.
 # ----------------------------------------------------------------------------------------------------
 
+class ProcessBlocks(grain.MapDataset):
+  """Process ``index``'s share of a global stream: its local element j is global element
+  (j // block) * block * count + index * block + j % block (block = the per-process batch), so the
+  processes' local batches, concatenated in process order, are the global batch."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+    super().__init__(parent)
+    if not 0 <= index < count or block < 1:
+      raise ValueError(f"ProcessBlocks: need 0 <= index < count and block >= 1, got {index}, {count}, {block}")
+    self._block, self._index, self._count = block, index, count
+
+  def __len__(self) -> int:
+    return len(self._parent) // (self._block * self._count) * self._block
+
+  def _global(self, j: int) -> int:
+    b, r = divmod(j, self._block)
+    return (b * self._count + self._index) * self._block + r
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._global(index)]
+
+  def __str__(self) -> str:
+    return f"ProcessBlocks(block={self._block}, index={self._index}, count={self._count})"
+
+
 def train_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                   prefetch: int = 4, image_key: str = "image", label_key: str = "label",
@@ -237,15 +266,21 @@ def train_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, seed: int
   ``sampler``: an entry of ``fer_jax.registry.SAMPLERS`` (default: uniform, reshuffled every epoch);
   ``labels``: every record's class, for samplers that need them. ``transform`` replaces the default
   :class:`TrainTransform` (e.g. :class:`RecordTrainTransform` over a task's fields).
+
+  Process-count invariant: the sampler's order and every example's random augmentation are those of
+  the single-process (global) stream, and process ``p`` reads block ``p`` of each global batch, so the
+  global batch assembled from the processes' local batches is the same, element for element, on 1 or
+  N processes (and a checkpoint moves between process counts).
   """
   if len(source) < process_count:
     raise ValueError(f"Training split has {len(source)} examples, fewer than {process_count} processes")
   if sampler is None:
     from fer_jax.registry import SAMPLERS
     sampler = SAMPLERS.build("uniform")
-  ds = sampler.dataset(source, seed=seed, labels=labels, process_index=process_index,
-                       process_count=process_count)
-  ds = ds.random_map(transform or TrainTransform(aug, image_key, label_key))
+  ds = sampler.dataset(source, seed=seed, labels=labels, process_index=0, process_count=1)
+  ds = ds.random_map(transform or TrainTransform(aug, image_key, label_key))  # seeded by global index
+  if process_count > 1:
+    ds = ProcessBlocks(ds, batch_size, process_index, process_count)
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
 

@@ -302,16 +302,43 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, train_
   if diffs:
     _raise_mismatch(path, step, diffs, config_changes, None)
   items = {"state": ocp.args.StandardRestore(abstract)}
-  if train_iter is not None:
+  foreign_data_state = _data_state_of_other_process_count(path) if train_iter is not None else None
+  if train_iter is not None and foreign_data_state is None:
     items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if foreign_data_state is not None:
+      train_iter.set_state(foreign_data_state)
   except Exception as e:  # orbax raises many kinds; we name the path and keep the files.
     raise RuntimeError(
         f"Could not restore the checkpoint at {path} (step {step}): {type(e).__name__}: {e}\n"
         "Nothing was deleted. If the checkpoint is corrupt, move that directory away and rerun to "
         "resume from the previous one, or use a new --workdir.") from e
   return restored["state"], step
+
+
+def _data_state_of_other_process_count(path: str):
+  """The grain iterator state of a checkpoint written by another number of processes, else None.
+
+  grain saves one ``process_<p>-of-<n>.json`` per process. The training input is process-count
+  invariant (``pipeline.train_dataset``: every process is at the same batch index of the same global
+  stream), so when this run's file is missing, the other count's states (which must agree) apply."""
+  data_dir = os.path.join(path, "data")
+  mine = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+  if not os.path.isdir(data_dir) or os.path.exists(mine):
+    return None
+  files = sorted(f for f in os.listdir(data_dir) if f.startswith("process_") and f.endswith(".json"))
+  if not files:
+    return None
+  states = []
+  for f in files:
+    with open(os.path.join(data_dir, f)) as fh:
+      states.append(fh.read())
+  if len(set(states)) != 1:
+    raise RuntimeError(f"The checkpoint {path} was written by {len(files)} processes whose input positions "
+                       f"differ ({files}); it cannot be resumed with {jax.process_count()} process(es).")
+  logging.info("Resuming the input pipeline from %s (written by another number of processes).", files[0])
+  return json.loads(states[0])
 
 
 # ----------------------------------------------------------------------------------------------------
