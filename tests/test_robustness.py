@@ -23,6 +23,9 @@ import pytest
 from fer_jax.train import preemption, trainer
 from fer_jax.train import workdir as workdir_lib
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_driver import check_ok, final_params  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -241,16 +244,6 @@ def _driver(workdir, steps, data_dir, **env):
   return subprocess.run(cmd, env=_env(data_dir, **env), capture_output=True, text=True, timeout=900)
 
 
-def _ok(proc):
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
-
-
-def _params(workdir):
-  with np.load(os.path.join(workdir, "final_params.npz")) as f:
-    return {k: f[k] for k in f.files}
-
-
 def _steps(workdir):
   return sorted(int(d) for d in os.listdir(pathlib.Path(workdir) / "checkpoints") if d.isdigit())
 
@@ -258,7 +251,7 @@ def _steps(workdir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, toy_data_dir):
   workdir = tmp_path_factory.mktemp("straight")
-  _ok(_driver(workdir, 10, toy_data_dir))
+  check_ok(_driver(workdir, 10, toy_data_dir))
   return workdir
 
 
@@ -266,7 +259,7 @@ def straight(tmp_path_factory, toy_data_dir):
 def test_sigterm_saves_then_resume_is_bit_identical(tmp_path, toy_data_dir, straight):
   w = tmp_path / "w"
   # 1. SIGTERM during step 4: the run saves at the next step boundary (5) and exits 0.
-  p = _ok(_driver(w, 10, toy_data_dir, TOY_SIGNAL_AT_STEP="4"))
+  p = check_ok(_driver(w, 10, toy_data_dir, TOY_SIGNAL_AT_STEP="4"))
   assert LINE.format(step=5, dir=w / "checkpoints") in p.stdout.splitlines()
   assert _steps(w) == [3, 5]
   assert not (w / "final_params.npz").exists() and not (w / workdir_lib.LOCK_NAME).exists()
@@ -280,9 +273,9 @@ def test_sigterm_saves_then_resume_is_bit_identical(tmp_path, toy_data_dir, stra
   assert _steps(w) in ([3, 5], [3, 5, 6]) and (w / workdir_lib.LOCK_NAME).exists()
   resumed = _steps(w)[-1]
   # 3. A rerun replaces the stale lock, resumes and ends where an uninterrupted run does.
-  p = _ok(_driver(w, 10, toy_data_dir))
+  p = check_ok(_driver(w, 10, toy_data_dir))
   assert "Replacing the stale work dir lock" in p.stderr and "is no longer running" in p.stderr
-  a, b = _params(straight), _params(w)
+  a, b = final_params(straight), final_params(w)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -300,7 +293,7 @@ def test_sigterm_saves_then_resume_is_bit_identical(tmp_path, toy_data_dir, stra
 def test_ctrl_c_during_an_async_save_finishes_it_and_exits_0(tmp_path, toy_data_dir):
   w = tmp_path / "w"
   # SIGINT just before the save of step 3 starts (asynchronously): step 4 waits for it, saves, exits 0.
-  p = _ok(_driver(w, 10, toy_data_dir, TOY_SIGNAL_AT_STEP="3", TOY_SIGNAL="INT"))
+  p = check_ok(_driver(w, 10, toy_data_dir, TOY_SIGNAL_AT_STEP="3", TOY_SIGNAL="INT"))
   assert LINE.format(step=4, dir=w / "checkpoints") in p.stdout.splitlines()
   assert "Traceback" not in p.stderr and "KeyboardInterrupt" not in p.stderr
   assert _steps(w) == [3, 4]
@@ -340,7 +333,7 @@ def test_second_start_in_the_same_workdir_is_refused(tmp_path, toy_data_dir):
 @pytest.mark.slow
 def test_resume_with_other_model_dims_names_the_field_and_parameters(tmp_path, toy_data_dir):
   w = tmp_path / "w"
-  _ok(_driver(w, 3, toy_data_dir))
+  check_ok(_driver(w, 3, toy_data_dir))
   files = {p: p.stat().st_mtime_ns for p in (w / "checkpoints").rglob("*")}
   p = _driver(w, 6, toy_data_dir, TOY_MODEL_DIMS="8,16,16,32")
   assert p.returncode != 0

@@ -12,6 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_driver import check_ok, final_params  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -32,35 +35,25 @@ def _run(workdir, steps, data_dir, devices=1, kill_after=None, fsdp=1):
   return proc
 
 
-def _ok(proc):
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
-
-
-def _params(workdir):
-  with np.load(os.path.join(workdir, "final_params.npz")) as f:
-    return {k: f[k] for k in f.files}
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, toy_data_dir):
   """An uninterrupted 10-step run on 1 device."""
   workdir = tmp_path_factory.mktemp("straight")
-  _ok(_run(workdir, 10, toy_data_dir))
+  check_ok(_run(workdir, 10, toy_data_dir))
   return workdir
 
 
 @pytest.mark.parametrize("fsdp", [1, 4], ids=["data8", "data2_fsdp4"])
 def test_one_and_eight_devices_give_the_same_losses(tmp_path, toy_data_dir, straight, fsdp):
   """Same global batch on 1 device and on 8 (pure data parallel, or 2-way data x 4-way FSDP)."""
-  _ok(_run(tmp_path / "d8", 10, toy_data_dir, devices=8, fsdp=fsdp))
+  check_ok(_run(tmp_path / "d8", 10, toy_data_dir, devices=8, fsdp=fsdp))
   r1 = json.loads((straight / "result.json").read_text())
   r8 = json.loads((tmp_path / "d8" / "result.json").read_text())
   assert (r1["devices"], r8["devices"]) == (1, 8)
   l1, l8 = np.array(r1["loss_log"]), np.array(r8["loss_log"])
   assert l1.shape == (10, 2)
   np.testing.assert_allclose(l1, l8, rtol=2e-5)
-  p1, p8 = _params(straight), _params(tmp_path / "d8")
+  p1, p8 = final_params(straight), final_params(tmp_path / "d8")
   assert p1.keys() == p8.keys()
   for k in p1:
     np.testing.assert_allclose(p1[k], p8[k], rtol=1e-4, atol=1e-6, err_msg=k)
@@ -72,8 +65,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, toy_data_dir, straight):
   assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}: {proc.stderr[-2000:]}"
   assert sorted(os.listdir(killed / "checkpoints"))[-1] == "6"
   assert not (killed / "final_params.npz").exists()
-  _ok(_run(killed, 10, toy_data_dir))  # resumes from step 6 by itself
-  a, b = _params(straight), _params(killed)
+  check_ok(_run(killed, 10, toy_data_dir))  # resumes from step 6 by itself
+  a, b = final_params(straight), final_params(killed)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bit-identical

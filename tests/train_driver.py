@@ -26,6 +26,18 @@ from fer_jax import config_utils  # noqa: E402
 from fer_jax.train import trainer  # noqa: E402
 
 
+def check_ok(proc):
+  """A finished subprocess (``subprocess.run``) that must have exited 0; returns it."""
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def final_params(workdir):
+  """The ``final_params.npz`` a driver run wrote: {tree path: array}."""
+  with np.load(os.path.join(workdir, "final_params.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
 def toy_config(steps: int):
   c = config_utils.base_config()
   c.dataset.update(name="toy_blobs", import_module="toy_blobs", data_dir=os.environ["TOY_DATA_DIR"],
