@@ -143,7 +143,7 @@ def test_each_process_reads_its_own_shard(one_process, two_processes):
 def test_checkpoint_moves_between_process_counts(tmp_path, data_dir, one_process, first, second):
   """Steps 1-6 with ``first`` processes, checkpoint, steps 7-10 with ``second`` (8 devices in all): the
   sharded arrays, the schedule and the input position (grain's per-process files of the other process
-  count, ``trainer._data_state_of_other_process_count``) carry over; the run ends as the uninterrupted one."""
+  count, ``checkpoints._data_state_of_other_process_count``) carry over; the run ends as the uninterrupted one."""
   d1, r1 = one_process
   parts = _launch(tmp_path, data_dir, first, ["--stop-after", 6])
   assert all(r["stopped_at"] == 6 for r in parts)

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax.train import preemption, trainer
+from fer_jax.train import checkpoints, preemption, trainer
 from fer_jax.train import workdir as workdir_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -182,7 +182,7 @@ def test_shape_differences_name_the_parameters():
                          "head": {"new": jax.ShapeDtypeStruct((2,), jnp.float32)}}}
   saved = {"['params']['backbone']['w']": (3, 8), "['params']['backbone']['b']": (16,),
            "['params']['head']['old']": (2,)}
-  assert trainer._shape_differences(saved, abstract) == [
+  assert checkpoints._shape_differences(saved, abstract) == [
       "params.backbone.w: shape (3, 8) in the checkpoint vs (3, 16) in the config",
       "params.head.new: not in the checkpoint, shape (2,) in the config",
       "params.head.old: shape (2,) in the checkpoint, not in the config"]
