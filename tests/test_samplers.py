@@ -30,10 +30,9 @@ LABELS = _labels()
 SOURCE = _source(LABELS)
 
 
-def _build(name, seed=7, labels=LABELS, source=SOURCE, process_index=0, process_count=1, **kw):
+def _build(name, seed=7, labels=LABELS, source=SOURCE, **kw):
   sampler = samplers.from_config(dict(name=name, **kw))
-  return sampler.dataset(source, seed=seed, labels=labels if sampler.needs_labels else None,
-                         process_index=process_index, process_count=process_count)
+  return sampler.dataset(source, seed=seed, labels=labels if sampler.needs_labels else None)
 
 
 def _ids(ds, start, stop):
@@ -69,7 +68,7 @@ def test_uniform_is_the_pipeline_order_with_the_same_augmentation():
   process p reads block p of each global batch (process-count invariant batches)."""
   aug = pipeline.AugmentConfig(resize=6, crop=4, rotation=10.0, hflip=True, vflip=True)
   src = _source(_labels((20, 11, 6)))  # 37 examples
-  ds = samplers.Uniform().dataset(src, seed=3, labels=None, process_index=0, process_count=1)
+  ds = samplers.Uniform().dataset(src, seed=3, labels=None)
   ref = iter(ds.random_map(pipeline.TrainTransform(aug)).batch(8, drop_remainder=True)
              .to_iter_dataset(grain.ReadOptions(num_threads=1)))
   one = iter(pipeline.train_dataset(src, aug, batch_size=8, seed=3, num_threads=1))
@@ -83,20 +82,13 @@ def test_uniform_is_the_pipeline_order_with_the_same_augmentation():
       np.testing.assert_array_equal(np.concatenate([q[key] for q in parts]), want[key])
 
 
-def test_uniform_reshuffles_every_epoch_and_shards_partition_each_epoch():
+def test_uniform_reshuffles_every_epoch():
   n = len(SOURCE)
   ds = _build("uniform")
   epochs = [_ids(ds, e * n, (e + 1) * n) for e in range(3)]
   for e in epochs:
     np.testing.assert_array_equal(np.sort(e), np.arange(n))
   assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
-  # Two processes: within each epoch the shards are disjoint and cover it.
-  shards = [_build("uniform", process_index=p, process_count=2) for p in range(2)]
-  sizes = [(n + 1) // 2, n // 2]  # 278 and 277
-  for e in range(2):
-    parts = [_ids(s, e * m, (e + 1) * m) for s, m in zip(shards, sizes)]
-    assert not set(parts[0]) & set(parts[1])
-    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n))
 
 
 # -------------------------------------------------------------------------------- class_balanced ---
@@ -187,19 +179,26 @@ def test_deterministic_given_seed(name, kw):
 
 
 @pytest.mark.parametrize("name,kw", ALL[1:])
-def test_label_samplers_interleave_one_global_stream(name, kw):
-  one = _ids(_build(name, **kw), 0, 300)
-  shards = [_ids(_build(name, process_index=p, process_count=3, **kw), 0, 100) for p in range(3)]
-  np.testing.assert_array_equal(np.stack(shards, 1).ravel(), one)
+def test_label_samplers_through_the_pipeline_on_three_processes(name, kw):
+  """Process p reads block p of each global batch of the sampler's one stream (pipeline.ProcessBlocks)."""
+  sampler = samplers.from_config(dict(name=name, **kw))
+  aug = pipeline.AugmentConfig()
+
+  def batches(p, n, b):
+    ds = pipeline.train_dataset(SOURCE, aug, batch_size=b, seed=7, process_index=p, process_count=n,
+                                transform=_IdTransform(), sampler=sampler, labels=LABELS, num_threads=1)
+    it = iter(ds)
+    return np.concatenate([next(it)["id"] for _ in range(10)])
+
+  one = batches(0, 1, 12).reshape(10, 12)
+  parts = [batches(p, 3, 4).reshape(10, 4) for p in range(3)]
+  np.testing.assert_array_equal(np.concatenate(parts, 1), one)
+  np.testing.assert_array_equal(one.ravel(), _ids(sampler.dataset(SOURCE, seed=7, labels=LABELS), 0, 120))
 
 
-def test_undersample_shards_partition_each_epoch():
-  # Epochs of 15 (5 per class): the two processes get 8 and 7 positions of the first one.
-  shards = [_build("undersample", process_index=p, process_count=2) for p in range(2)]
-  parts = [_ids(shards[0], 0, 8), _ids(shards[1], 0, 7)]
-  assert not set(parts[0]) & set(parts[1])
-  np.testing.assert_array_equal(np.bincount(LABELS[np.concatenate(parts)], minlength=3),
-                                [5, 5, 5])
+class _IdTransform(grain.transforms.RandomMap):
+  def random_map(self, record, rng):
+    return {"id": np.int64(record["id"])}
 
 
 def _noise(record, rng):
@@ -298,7 +297,6 @@ def test_unknown_sampler_name():
     (dict(name="undersample"), dict(labels=LABELS[:-1]), r"shape \(554,\); expected \(555,\)"),
     (dict(name="undersample"), dict(labels=LABELS.astype(float)), "expected integers"),
     (dict(name="undersample"), dict(seed=-1), "seed"),
-    (dict(name="uniform"), dict(process_index=2, process_count=2), "process_index"),
 ])
 def test_dataset_errors(spec, kw, match):
   sampler = samplers.from_config(spec)

@@ -159,18 +159,6 @@ class ClipEvalTransform(grain.transforms.Map):
             "frame_index": index.astype(np.int64)}
 
 
-def clip_train_dataset(source: Any, aug: pipeline.AugmentConfig, clip: ClipConfig, **kwargs
-                       ) -> grain.IterDataset:
-  """Infinite shuffled training windows; ``kwargs`` as :func:`fer_jax.data.pipeline.train_dataset`."""
-  return pipeline.train_dataset(source, aug, transform=ClipTrainTransform(aug, clip), **kwargs)
-
-
-def clip_eval_dataset(source: Any, aug: pipeline.AugmentConfig, clip: ClipConfig, **kwargs
-                      ) -> grain.IterDataset:
-  """One ordered pass of whole clips in padded batches (``mask`` False on padding rows)."""
-  return pipeline.eval_dataset(source, aug, transform=ClipEvalTransform(aug, clip), **kwargs)
-
-
 def clip_config_from(config: Any) -> ClipConfig:
   """Builds a :class:`ClipConfig` from ``config.affect`` (unknown fields are ignored here)."""
   fields = {f.name for f in dataclasses.fields(ClipConfig)}

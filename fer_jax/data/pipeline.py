@@ -275,9 +275,9 @@ def train_dataset(source: Any, aug: AugmentConfig, *, batch_size: int, seed: int
   if len(source) < process_count:
     raise ValueError(f"Training split has {len(source)} examples, fewer than {process_count} processes")
   if sampler is None:
-    from fer_jax.registry import SAMPLERS
-    sampler = SAMPLERS.build("uniform")
-  ds = sampler.dataset(source, seed=seed, labels=labels, process_index=0, process_count=1)
+    from fer_jax.data import samplers
+    sampler = samplers.from_config(None)
+  ds = sampler.dataset(source, seed=seed, labels=labels)
   ds = ds.random_map(transform or TrainTransform(aug, image_key, label_key))  # seeded by global index
   if process_count > 1:
     ds = ProcessBlocks(ds, batch_size, process_index, process_count)

@@ -1,23 +1,21 @@
-"""Training-example samplers: the order in which a process reads a training split (``SAMPLERS``).
+"""Training-example samplers: the order of the training stream (``SAMPLERS``).
 
 ``config.input.sampler = dict(name=..., **options)`` picks one (default ``'uniform'``, the order
 ``pipeline.train_dataset`` has always used). :func:`from_config` builds it; then ::
 
     labels = read_labels(source, 'label') if sampler.needs_labels else None   # once, at start
-    ds = sampler.dataset(source, seed=seed, labels=labels,
-                         process_index=jax.process_index(), process_count=jax.process_count())
-    ds = ds.random_map(transform).batch(b, drop_remainder=True).to_iter_dataset(read_options)
+    ds = sampler.dataset(source, seed=seed, labels=labels)
 
-``dataset`` returns an infinite ``grain.MapDataset`` of the source's records (unmodified, except the
-label field under ``class_subset(relabel=True)``), already sharded for this process and carrying
+``dataset`` returns the infinite global (single-process) stream, a ``grain.MapDataset`` of the source's
+records (unmodified, except the label field under ``class_subset(relabel=True)``) carrying
 ``.seed(seed)`` so that downstream ``random_map`` is seeded. Element ``k`` depends only on
-(seed, k, labels, process index / count), so a grain iterator's checkpoint (the next index) restores
-the exact stream.
+(seed, k, labels), so a grain iterator's checkpoint (the next index) restores the exact stream.
+Sharding over processes is the pipeline's (``pipeline.ProcessBlocks``: process p reads block p of
+each global batch), the same for every sampler.
 
 Entries
   ``uniform``         global shuffle, a fresh permutation every epoch (grain ``shuffle`` reseeds with
-                      ``seed + epoch``); process ``p`` reads positions ``p::process_count`` of each
-                      epoch's permutation. Exactly ``pipeline.train_dataset``'s order. No labels.
+                      ``seed + epoch``). No labels.
   ``class_balanced``  with replacement: each draw picks a class (uniformly, or by ``class_weights``),
                       then an example of that class uniformly.
   ``undersample``     epochs of ``per_class`` (default: the smallest class count) examples of every
@@ -25,10 +23,6 @@ Entries
   ``class_subset``    only examples whose label is in ``classes``; ``relabel=True`` maps
                       ``classes[i] -> i`` in the record's ``label_key`` field; ``order`` 'uniform'
                       (reshuffled every epoch) or 'class_balanced'.
-
-Sharding: ``uniform`` slices each epoch (as before). The others define one global stream (global
-position ``g``) and give process ``p`` the positions ``g = k * process_count + p``, so the processes'
-streams are disjoint interleavings of the same global stream, whatever the process count.
 
 Randomness of the label-based samplers is counter-based (independent of reading order or threads):
 a SplitMix64 hash of (seed, purpose, position) for draws, and a keyed Feistel bijection (cycle
@@ -120,13 +114,6 @@ def _check_seed(seed: Any) -> int:
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
     raise ValueError(f"sampler seed={seed!r}; expected an integer in [0, 2**32)")
   return int(seed)
-
-
-def _check_shards(process_index: int, process_count: int) -> None:
-  if not (isinstance(process_count, (int, np.integer)) and process_count >= 1):
-    raise ValueError(f"process_count={process_count!r}; expected an integer >= 1")
-  if not (isinstance(process_index, (int, np.integer)) and 0 <= process_index < process_count):
-    raise ValueError(f"process_index={process_index!r}; expected an integer in [0, {process_count})")
 
 
 def _is_int(x: Any) -> bool:
@@ -245,27 +232,32 @@ class _UndersamplePlan:
 
 
 class _StreamSelection(grain.transforms.DatasetSelectionMap):
-  """Element ``k`` of process ``p`` -> (0, plan(k * process_count + p)); infinite."""
+  """Element ``k`` -> (0, plan(k)); infinite."""
 
-  def __init__(self, plan: Callable[[int], int], process_index: int, process_count: int):
-    self._plan, self._index, self._count = plan, int(process_index), int(process_count)
+  def __init__(self, plan: Callable[[int], int]):
+    self._plan = plan
 
   def __len__(self) -> int:
     return INFINITE
 
   def __getitem__(self, k: int) -> Tuple[int, int]:
-    return 0, self._plan(k * self._count + self._index)
+    return 0, self._plan(k)
 
   def __repr__(self) -> str:
-    return (f"_StreamSelection({type(self._plan).__name__}, process {self._index} of "
-            f"{self._count})")
+    return f"_StreamSelection({type(self._plan).__name__})"
 
 
-def _stream(source: Any, plan: Callable[[int], int], seed: int, process_index: int,
-            process_count: int) -> grain.MapDataset:
-  ds = grain.MapDataset.select_from_datasets(
-      [grain.MapDataset.source(source)], _StreamSelection(plan, process_index, process_count))
+def _stream(source: Any, plan: Callable[[int], int], seed: int) -> grain.MapDataset:
+  ds = grain.MapDataset.select_from_datasets([grain.MapDataset.source(source)], _StreamSelection(plan))
   return ds.seed(seed)
+
+
+def _nonempty_members(labels: Optional[np.ndarray], n: int, name: str) -> Dict[int, np.ndarray]:
+  """Class -> indices of its examples (checked labels); an empty split raises, naming the sampler."""
+  members = _class_members(_check_labels(labels, n, name))
+  if not members:
+    raise ValueError(f"sampler {name!r}: the training split is empty")
+  return members
 
 
 class _Relabel(grain.transforms.Map):
@@ -345,24 +337,17 @@ def _weights(class_weights: Tuple[Tuple[int, float], ...], present: Sequence[int
 class Uniform:
   """Global shuffle, reshuffled every epoch: ``pipeline.train_dataset``'s order, unchanged.
 
-  ``MapDataset.source(source).seed(seed).shuffle()[p::n].repeat(None)``: grain's shuffle maps index
-  ``i`` to ``epoch = i // len`` and permutes within the epoch with seed ``shuffle_seed + epoch``; the
-  slice and repeat pass the epoch through, so process ``p`` reads positions ``p, p+n, ...`` of a fresh
-  permutation every epoch (shards differ in length by at most one when ``n`` does not divide the
-  split; each process then moves to its next epoch on its own schedule).
+  ``MapDataset.source(source).seed(seed).shuffle().repeat(None)``: grain's shuffle maps index ``i`` to
+  ``epoch = i // len`` and permutes within the epoch with seed ``shuffle_seed + epoch``.
   """
 
   needs_labels = False
 
-  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray] = None,
-              process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray] = None) -> grain.MapDataset:
     seed = _check_seed(seed)
-    _check_shards(process_index, process_count)
-    if len(source) < process_count:
-      raise ValueError(
-          f"Training split has {len(source)} examples, fewer than {process_count} processes")
-    ds = grain.MapDataset.source(source).seed(seed).shuffle()
-    return ds[process_index::process_count].repeat(None)
+    if not len(source):
+      raise ValueError("sampler 'uniform': the training split is empty")
+    return grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
 
 
 @SAMPLERS.register("class_balanced")
@@ -382,19 +367,15 @@ class ClassBalanced:
     object.__setattr__(self, "class_weights",
                        _check_weights(self.class_weights, "sampler class_weights"))
 
-  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray],
-              process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray]) -> grain.MapDataset:
     seed = _check_seed(seed)
-    _check_shards(process_index, process_count)
-    members = _class_members(_check_labels(labels, len(source), "class_balanced"))
-    if not members:
-      raise ValueError("sampler 'class_balanced': the training split is empty")
+    members = _nonempty_members(labels, len(source), "class_balanced")
     present = list(members)
     probs = ([1.0] * len(present) if self.class_weights is None
              else _weights(self.class_weights, present, "sampler class_weights"))
     keep = [(c, w) for c, w in zip(present, probs) if w > 0]  # weight 0: never drawn
     plan = _BalancedPlan(seed, [members[c] for c, _ in keep], [w for _, w in keep])
-    return _stream(source, plan, seed, process_index, process_count)
+    return _stream(source, plan, seed)
 
 
 @SAMPLERS.register("undersample")
@@ -414,13 +395,9 @@ class Undersample:
       raise ValueError(f"sampler per_class={self.per_class!r}; expected an integer >= 1 or None "
                        "(the smallest class count)")
 
-  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray],
-              process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray]) -> grain.MapDataset:
     seed = _check_seed(seed)
-    _check_shards(process_index, process_count)
-    members = _class_members(_check_labels(labels, len(source), "undersample"))
-    if not members:
-      raise ValueError("sampler 'undersample': the training split is empty")
+    members = _nonempty_members(labels, len(source), "undersample")
     smallest = min(len(m) for m in members.values())
     per_class = smallest if self.per_class is None else int(self.per_class)
     if per_class > smallest:
@@ -428,7 +405,7 @@ class Undersample:
       raise ValueError(f"sampler per_class={per_class} exceeds the smallest class count "
                        f"{smallest} (class counts {counts})")
     plan = _UndersamplePlan(seed, list(members.values()), per_class)
-    return _stream(source, plan, seed, process_index, process_count)
+    return _stream(source, plan, seed)
 
 
 @SAMPLERS.register("class_subset")
@@ -458,10 +435,8 @@ class ClassSubset:
     if self.order not in ("uniform", "class_balanced"):
       raise ValueError(f"sampler order={self.order!r}; expected 'uniform' or 'class_balanced'")
 
-  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray],
-              process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray]) -> grain.MapDataset:
     seed = _check_seed(seed)
-    _check_shards(process_index, process_count)
     members = _class_members(_check_labels(labels, len(source), "class_subset"))
     absent = [c for c in self.classes if c not in members]
     if absent:
@@ -472,7 +447,7 @@ class ClassSubset:
       plan: Callable[[int], int] = _ShufflePlan(seed, subset)
     else:
       plan = _BalancedPlan(seed, [members[c] for c in self.classes], [1.0] * len(self.classes))
-    ds = _stream(source, plan, seed, process_index, process_count)
+    ds = _stream(source, plan, seed)
     if self.relabel:
       ds = ds.map(_Relabel(self.label_key, {c: i for i, c in enumerate(self.classes)}))
     return ds

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fer_jax import evaluators, registry
-from fer_jax.data import pipeline, sources
+from fer_jax.data import pipeline, samplers, sources
 from fer_jax.models import composite
 from fer_jax.train import optim, preemption, sharding, summary
 # Re-exported: the checkpoint API is part of the trainer's.
@@ -278,8 +278,7 @@ class Experiment:
         continue
       self.source(spec.split)  # an unknown split fails now, not after training
       self.evaluators.append((spec, evaluator))
-    sampler_config = dict(config.input.get("sampler") or {"name": "uniform"})
-    self.sampler = registry.SAMPLERS.build(sampler_config.pop("name"), **sampler_config)
+    self.sampler = samplers.from_config(config.input.get("sampler"))
 
   def source(self, split: str):
     if _split_name(split) not in self.builder.info.splits:
@@ -298,7 +297,6 @@ class Experiment:
     c = self.config
     labels = None
     if getattr(self.sampler, "needs_labels", False):
-      from fer_jax.data import samplers
       if not self.task.label_field:
         raise ValueError(f"config.input.sampler={dict(c.input.sampler)} needs class labels; task "
                          f"{self.task.name!r} has none")

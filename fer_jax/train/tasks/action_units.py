@@ -9,7 +9,7 @@ the ``action_units`` evaluator (per-AU Pearson CC and MAE, AU presence AP / mAP)
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
@@ -80,8 +80,3 @@ class ActionUnitTask(Task):
     out = apply_fn(self.preprocess({"image": batch["image"]}))
     return {"predictions": out[OUTPUT].astype(jnp.float32), "targets": batch[OUTPUT],
             "mask": batch["mask"]}
-
-
-def presence(targets, threshold: Optional[float] = 0.0):
-  """AU present = intensity > threshold (0/1 labels for AP)."""
-  return (targets > threshold).astype("float32")

@@ -167,11 +167,3 @@ def image_shape(config: ml_collections.ConfigDict, aug: Optional[pipeline.Augmen
   aug = aug or pipeline.aug_from_config(config.input)
   size = aug.crop or aug.resize or image_size or config.dataset.image_size
   return (size, size, config.input.get("channels", 3))
-
-
-def zeros(shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-  return jnp.zeros(tuple(int(s) for s in shape), dtype)
-
-
-def host(x) -> np.ndarray:
-  return np.asarray(jax.device_get(x))
