@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0,
       no_decay_regex="$^"))
   c.schedule = ml_collections.ConfigDict(dict(name="warmup_cosine", warmup_steps=100))
-  c.ema = ml_collections.ConfigDict(dict(decay=0.0, every=1, eval_with_ema=True))
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0, every=1, eval_with_ema=True, warmup=False))
   c.num_train_steps = 1000
   c.num_epochs = 0.0
   c.train_time_limit_minutes = 0.0

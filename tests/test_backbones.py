@@ -38,6 +38,8 @@ SMALLEST: Dict[str, Tuple[Dict[str, Any], Dict[str, tuple], Dict[str, tuple]]] =
                          {"features": (2, irn.feature_dim(0.125))}),
     "inception_resnet_lstm": ({**_IRN, "lstm_hidden": 8}, {"frames": (2, 3, 32, 32, 3)},
                               {"features": (2, 3, 8)}),
+    "resnet": (dict(stem_widths=(4,), stem_strides=(2,), widths=(8, 12), depths=(1, 2)),
+               {"image": (2, 32, 32, 1)}, {"features": (2, 12)}),
 }
 
 

@@ -21,6 +21,8 @@ COMBINATIONS = {
     "au_synthetic.py": ["", "runlocal", "threshold=0.2,steps=10,batch=16"]
                        + [f"size={s}" for s in ("small_custom", "atto", "femto", "pico", "nano")],
     "convnext_synthetic.py": ["", "runlocal", "steps=10,batch=32"],
+    "resnet_fer2013.py": ["", "runlocal", "size=fer_xs,crop=48,ten_crop=False", "size=fer_m,epochs=2,seed=3",
+                          "size=resnet18_48,steps=100,batch=64,lr=0.05,wd=1e-4,smoothing=0,ema=0"],
     "convnext_fer2013.py": [f"size={s}" for s in CONVNEXT_SIZES]
                            + ["res=48", "res=48,patch=1", "ferplus", "ten_crop", "epochs=2", "steps=100",
                               "batch=64,lr=1e-3", "runlocal"],

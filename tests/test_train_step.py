@@ -97,6 +97,22 @@ def test_step_applies_sgd_update_and_ema():
     np.testing.assert_allclose(e, 0.75 * p + 0.25 * want, rtol=1e-4, atol=1e-6)  # EMA
 
 
+def test_ema_warmup_follows_tf_num_updates_closed_form():
+  """ema.warmup: the n-th average uses decay_n = min(decay, (1 + n) / (10 + n)) (NumPy recurrence)."""
+  c = _config(optimizer=dict(name="sgd", momentum=0.0), ema=dict(decay=0.9, every=2, warmup=True))
+  model, tx, state, batch = _setup(c)
+  step = _step(c, model, tx)
+  want = np.asarray(jax.tree.leaves(state.params)[0], np.float64)
+  n = 0
+  for t in range(1, 7):
+    state, _ = step(state, batch)
+    if t % 2 == 0:  # every=2: the average moves on steps 2, 4, 6 only
+      n += 1
+      d = min(0.9, (1 + n) / (10 + n))
+      want = d * want + (1 - d) * np.asarray(jax.tree.leaves(state.params)[0], np.float64)
+    np.testing.assert_allclose(jax.tree.leaves(state.ema_params)[0], want, rtol=1e-5, atol=1e-7)
+
+
 def test_non_finite_loss_leaves_state_untouched():
   c = _config()
   model, tx, state, batch = _setup(c)

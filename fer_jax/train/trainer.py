@@ -128,6 +128,11 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   decay = config.ema.get("decay", 0.0)
   if decay:
     every = config.ema.get("every", 1)
+    if config.ema.get("warmup", False):
+      # TF ExponentialMovingAverage's num_updates warm-up: decay_n = min(decay, (1 + n) / (10 + n)) for
+      # the n-th average, so the early average is not dominated by the random initialisation.
+      n = ((state.step + 1) // every).astype(jnp.float32)
+      decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     d = jnp.where((state.step + 1) % every == 0, decay, 1.0)
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
