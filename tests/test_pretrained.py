@@ -170,8 +170,9 @@ def test_shipped_model_reproduces_readme_publictest_accuracy():
   got = float(np.mean(p.predict(test.images) == test.labels))
   recorded = p.meta["results"]["accuracy"]
   # The trainer's evaluator (grain pipeline, batch 256) and the predictor (jitted crops) sum the same
-  # float32 math in another order: a near-tie may flip, no more than two of 3,589 faces.
-  assert abs(got - recorded) <= 2 / 3589, (got, recorded)
+  # float32 math in another order (and another CPU may vectorise it differently): a near-tie may flip.
+  # Allowed: 4 of 3,589 faces (0.11 points), about the README's rounding to 0.1 point. Measured: 0.
+  assert abs(got - recorded) <= 4 / 3589, (got, recorded)
   readme = (ROOT / "README.md").read_text()
   pct = f"{100 * recorded:.1f}%"
   assert re.search(rf"{SHIPPED}.*{re.escape(pct)}", readme), f"README does not quote {SHIPPED} at {pct}"
