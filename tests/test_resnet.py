@@ -40,17 +40,19 @@ def _conv_pairs(tmodel):
 
 
 def _ours_in_torch_order(params, stem_n, widths, depths):
-  """[(conv kernel path, bn path)] in the order torch's modules() visits them."""
+  """([conv paths], [bn paths]) of our tree, in the order torch's modules() visits its convs / BNs."""
   convs, bns = [], []
   for i in range(stem_n):
-    convs.append(("stem_conv%d" % i,)), bns.append(("stem_bn%d" % i,))
+    convs.append((f"stem_conv{i}",))
+    bns.append((f"stem_bn{i}",))
   for si, d in enumerate(depths):
     for b in range(d):
       blk = f"stage{si}_block{b}"
       convs += [(blk, "conv1"), (blk, "conv2")]
       bns += [(blk, "bn1"), (blk, "bn2")]
       if "downsample_conv" in params[blk]:
-        convs.append((blk, "downsample_conv")), bns.append((blk, "downsample_bn"))
+        convs.append((blk, "downsample_conv"))
+        bns.append((blk, "downsample_bn"))
   return convs, bns
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fer_jax.models import composite
+from fer_jax.models import composite, convert
 from fer_jax.train.preprocess import preprocess_images
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
@@ -93,20 +93,6 @@ def read_variables(weights_path: str, expected_sha256: Optional[str] = None) -> 
   if not isinstance(tree, dict) or "params" not in tree:
     raise PretrainedFileError(f"{weights_path} holds no 'params' tree")
   return tree
-
-
-def check_tree(loaded: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-  """Raises PretrainedFileError listing every missing, unexpected or mis-shaped array."""
-  flat_l = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  flat_e = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  errors = [f"missing {k} {tuple(v.shape)}" for k, v in flat_e.items() if k not in flat_l]
-  errors += [f"unexpected {k}" for k in flat_l if k not in flat_e]
-  errors += [f"{k}: shape {tuple(np.shape(flat_l[k]))}, expected {tuple(v.shape)}"
-             for k, v in flat_e.items() if k in flat_l and tuple(np.shape(flat_l[k])) != tuple(v.shape)]
-  if errors:
-    more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
-    raise PretrainedFileError(f"{where} does not fit its model ({len(errors)} problems): "
-                              + "; ".join(errors[:10]) + more)
 
 
 def check_faces(faces: Any) -> np.ndarray:
@@ -255,7 +241,10 @@ def load(name_or_path: str) -> Predictor:
   inp = meta["input"]
   dummy = jnp.zeros((1, inp["crop"], inp["crop"], inp["channels"]), jnp.float32)
   expected = jax.eval_shape(lambda: predictor.model.init(jax.random.key(0), train=False, image=dummy))
-  check_tree(predictor.variables, dict(expected), weights_path)
+  try:
+    convert.check_tree_against(predictor.variables, dict(expected), f"The arrays of {weights_path}")
+  except ValueError as e:
+    raise PretrainedFileError(f"{e}\n(Is {meta_path} the metadata written with these weights?)") from e
   return predictor
 
 
