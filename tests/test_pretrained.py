@@ -203,3 +203,17 @@ def test_shipped_model_loads_offline_without_tensorflow():
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "RESULT (2, 7) 2.0 []" in proc.stdout, proc.stdout
+
+
+def test_package_cli_refuses_to_overwrite_and_names_a_bad_workdir(tmp_path):
+  import subprocess
+  import sys
+  (tmp_path / "m.json").write_text("keep me")
+  run = lambda *a: subprocess.run([sys.executable, "-m", "fer_jax.pretrained.package", *a],  # noqa: E731
+                                  cwd=str(ROOT), capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = run(f"--workdir={tmp_path}", "--name=m", f"--out_dir={tmp_path}")
+  assert proc.returncode != 0 and "m.json'] already exist; pass --overwrite" in proc.stderr, proc.stderr[-2000:]
+  assert (tmp_path / "m.json").read_text() == "keep me"
+  proc = run(f"--workdir={tmp_path / 'none'}", "--name=n", f"--out_dir={tmp_path}")
+  assert proc.returncode != 0 and "none has no readable config.json" in proc.stderr, proc.stderr[-2000:]

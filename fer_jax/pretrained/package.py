@@ -77,14 +77,19 @@ _NAME = flags.DEFINE_string("name", None, "Model name (file stem).")
 _OUT_DIR = flags.DEFINE_string("out_dir", pretrained.WEIGHTS_DIR, "Where to write <name>.msgpack / .json.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _COMMAND = flags.DEFINE_string("command", "", "The training command, recorded in the metadata.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing <name>.msgpack / .json.")
 
 
 def main(argv):
   del argv
+  prefix = os.path.join(_OUT_DIR.value, _NAME.value)
+  existing = [p for p in (prefix + ".msgpack", prefix + ".json") if os.path.exists(p)]
+  if existing and not _OVERWRITE.value:
+    raise SystemExit(f"{existing} already exist; pass --overwrite to replace them, or another --name")
   config, exp, variables, step = variables_from_workdir(_WORKDIR.value, _STEP.value)
   metrics = workdir_lib.read_metrics(_WORKDIR.value)
   meta = build_meta(config, exp, step, _NAME.value, _COMMAND.value, metrics)
-  weights, meta_path = pretrained.save(os.path.join(_OUT_DIR.value, _NAME.value), meta, variables)
+  weights, meta_path = pretrained.save(prefix, meta, variables)
   size = os.path.getsize(weights) / 2**20
   print(f"Wrote {weights} ({size:.2f} MiB) and {meta_path}: step {step}, validation accuracy "
         f"{meta['results']['accuracy']}")
