@@ -13,14 +13,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps jax2onnx
 	touch $@
 
 # PyTorch references for parity tests and benchmarks: CPU torch, and timm without its torchvision
 # dependency resolution: torchvision's registry wheel is a CUDA build whose compiled ops cannot load beside
-# CPU torch; ConvNeXt needs none of them (tests/conftest.py imports timm around that).
+# CPU torch; ConvNeXt needs none of them (tests/conftest.py imports timm around that). facenet-pytorch
+# (the MTCNN reference) pins torch < 2.3 and numpy < 2, so it too is installed without its dependencies.
 $(VENV)/.installed-reference: $(VENV)/.installed
 	$(PY) -m pip install -q -c constraints.txt -e '.[reference]'
-	$(PY) -m pip install -q -c constraints.txt --no-deps timm torchvision
+	$(PY) -m pip install -q -c constraints.txt --no-deps timm torchvision facenet-pytorch
 	touch $@
 
 install: $(VENV)/.installed
