@@ -248,6 +248,39 @@ def load(name_or_path: str) -> Predictor:
   return predictor
 
 
+def default_model() -> str:
+  """The shipped model with the best recorded validation accuracy (the CLI's default ``--model``)."""
+  names = list_pretrained()
+  if not names:
+    raise PretrainedFileError(f"No shipped model in {WEIGHTS_DIR}: pass a <name>.json path or a --workdir")
+  def accuracy(name):
+    with open(os.path.join(WEIGHTS_DIR, name + ".json")) as f:
+      return (json.load(f).get("results") or {}).get("accuracy") or 0.0
+  return max(names, key=accuracy)
+
+
+def from_workdir(workdir: str, step: Optional[int] = None) -> Predictor:
+  """A ``Predictor`` of a training work dir's checkpoint (latest, or ``step``), as ``package`` would ship it."""
+  from fer_jax.pretrained import package  # pylint: disable=import-outside-toplevel  (imports the trainer)
+  from fer_jax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir!r} is not a directory")
+  config, exp, variables, step = package.variables_from_workdir(workdir, step)
+  meta = package.build_meta(config, exp, step, os.path.basename(os.path.normpath(workdir)), "",
+                            workdir_lib.read_metrics(workdir))
+  return Predictor(meta, variables)
+
+
+def resolve(model: Optional[str] = None, workdir: Optional[str] = None, step: Optional[int] = None) -> Predictor:
+  """The model a command runs: ``workdir``'s checkpoint, else ``model`` (a shipped name or a .json path),
+  else :func:`default_model`. Giving both is an error."""
+  if model and workdir:
+    raise ValueError(f"Give a model name ({model!r}) or a work dir ({workdir!r}), not both")
+  if workdir:
+    return from_workdir(workdir, step)
+  return load(model or default_model())
+
+
 def save(path_prefix: str, meta: Mapping[str, Any], variables: Mapping[str, Any]) -> Tuple[str, str]:
   """Writes ``<prefix>.msgpack`` and ``<prefix>.json`` (adds sha256 and format_version); returns both paths.
 
@@ -266,4 +299,4 @@ def save(path_prefix: str, meta: Mapping[str, Any], variables: Mapping[str, Any]
   return weights, meta_path
 
 
-__all__: Sequence[str] = ("list_pretrained", "load", "Predictor", "save", "PretrainedFileError")
+__all__: Sequence[str] = ("list_pretrained", "load", "resolve", "from_workdir", "default_model", "Predictor", "save", "PretrainedFileError")
