@@ -122,7 +122,7 @@ def to_grey(x: jax.Array) -> jax.Array:
   return jnp.sum(x.astype(jnp.float32) * w, axis=-1, keepdims=True)
 
 
-def test_crops(x: jax.Array, crop: int, mode: str) -> jax.Array:
+def test_crops_fn(x: jax.Array, crop: int, mode: str) -> jax.Array:
   """(B, S, S, C) -> (B, K, crop, crop, C): 'center' (K = 1, as pipeline.center_crop), 'flip' (K = 2: the
   centre crop and its mirror) or 'ten' (K = 10: tl, tr, bl, br, centre, then the same of the mirrored
   image, as pipeline.ten_crop)."""
@@ -167,26 +167,39 @@ class Predictor:
   def default_test_crops(self) -> str:
     return str(self.meta["input"].get("test_crops", "center"))
 
+  def forward(self, variables, x: jax.Array, test_crops: str = "center", output: str = "probs") -> jax.Array:
+    """The differentiable model path: float (B, image_size, image_size, channels) pixels in [0, 255] (already
+    resized and in the model's channels) -> test crops -> normalisation -> model -> the crops' mean logits
+    (``output='logits'``) or their softmax (``'probs'``), float32 (B, classes). Pure and jit-able: what
+    ``predict_proba`` runs after its resize and rounding, and what ``fer_jax.explain`` differentiates and
+    ``fer_jax.export`` converts."""
+    if test_crops not in TEST_CROPS:
+      raise ValueError(f"test_crops={test_crops!r}; expected one of {TEST_CROPS}")
+    if output not in ("probs", "logits"):
+      raise ValueError(f"output={output!r}; expected 'probs' or 'logits'")
+    if test_crops == "none" or self.crop >= self.image_size:
+      crops = x[:, None]
+    else:
+      crops = test_crops_fn(x, self.crop, test_crops)
+    b, k = crops.shape[:2]
+    flat = preprocess_images(crops.reshape((b * k,) + crops.shape[2:]), self._input_cfg)
+    out = self.model.apply(variables, train=False, image=flat)
+    logits = out["logits"].astype(jnp.float32).reshape(b, k, -1).mean(1)
+    return logits if output == "logits" else jax.nn.softmax(logits, axis=-1)
+
+  def to_model_input(self, faces: jax.Array) -> jax.Array:
+    """uint8 (B, H, W, 1 | 3) faces -> float (B, image_size, image_size, channels) on the uint8 grid: luma for
+    a grey model, bilinear antialiased resize, rounded as PIL rounds (what the training pipeline saw)."""
+    x = faces.astype(jnp.float32)
+    if x.shape[-1] == 3 and self.channels == 1:
+      x = to_grey(x)
+    if x.shape[1:3] != (self.image_size, self.image_size):
+      x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[-1]), "linear",
+                           antialias=True)
+    return jnp.clip(jnp.round(x), 0, 255)
+
   def _logits_fn(self, mode: str):
-    def fn(variables, faces):
-      x = faces.astype(jnp.float32)
-      if x.shape[-1] == 3 and self.channels == 1:
-        x = to_grey(x)
-      if x.shape[1:3] != (self.image_size, self.image_size):
-        x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[-1]), "linear",
-                             antialias=True)
-      # Back to the uint8 grid the training pipeline saw (PIL rounds), then its normalisation.
-      x = jnp.clip(jnp.round(x), 0, 255)
-      if mode == "none" or self.crop >= self.image_size:
-        crops = x[:, None]
-      else:
-        crops = test_crops(x, self.crop, mode)
-      b, k = crops.shape[:2]
-      flat = preprocess_images(crops.reshape((b * k,) + crops.shape[2:]), self._input_cfg)
-      out = self.model.apply(variables, train=False, image=flat)
-      logits = out["logits"].astype(jnp.float32).reshape(b, k, -1).mean(1)
-      return jax.nn.softmax(logits, axis=-1)
-    return jax.jit(fn)
+    return jax.jit(lambda variables, faces: self.forward(variables, self.to_model_input(faces), mode))
 
   def predict_proba(self, faces: Any, *, test_crops: Optional[str] = None, batch_size: int = 256) -> np.ndarray:
     """Class probabilities, float32 (N, len(class_names)), rows summing to 1.
