@@ -1,11 +1,14 @@
-"""Command line: ``python -m fer_jax.main --config=experiments/X.py:opts --workdir=DIR [--mode=train]``.
+"""Command line: ``fer-jax SUBCOMMAND ...`` (``fer-jax --help`` lists them), or as before
+``python -m fer_jax.main --config=experiments/X.py:opts --workdir=DIR [--mode=train]``.
 
-Also installed as ``fer-jax train|evaluate --config=... --workdir=...``. Any config field can be
-overridden (``--config.optimizer.lr=3e-4``); an unknown field fails at once with its name.
+``train`` / ``evaluate`` take absl flags; any config field can be overridden (``--config.optimizer.lr=3e-4``)
+and an unknown field fails at once with its name. ``predict`` / ``explain`` / ``export`` are argparse
+programs in ``fer_jax.predict.cli``, ``fer_jax.explain.cli`` and ``fer_jax.export.cli``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from absl import app, flags, logging
@@ -67,11 +70,89 @@ def _preflight(argv):
     sys.exit(2)
 
 
+SUBCOMMANDS = {
+    "train": "Train (or resume) an experiment config into a work dir.",
+    "evaluate": "Run a config's evaluators on a work dir's latest checkpoint.",
+    "predict": "Faces and emotions of photos, folders and videos -> CSV / JSON lines / Parquet.",
+    "explain": "Integrated Gradients heat maps per face (PNG) and attribution per facial region (CSV).",
+    "export": "A model as a TFLite or ONNX file (float or int8), checked against JAX.",
+}
+_ARGPARSE_SUBCOMMANDS = {"predict": "fer_jax.predict.cli", "explain": "fer_jax.explain.cli",
+                         "export": "fer_jax.export.cli"}
+_TRAIN_EXAMPLES = {
+    "train": ("fer-jax train --config=experiments/resnet_fer2013.py:epochs=30 \\\n"
+              "    --config.dataset.manual_dir=~/data/fer2013 --workdir=runs/resnet_fer2013"),
+    "evaluate": "fer-jax evaluate --config=experiments/resnet_fer2013.py --workdir=runs/resnet_fer2013",
+}
+
+
+def version() -> str:
+  try:
+    from importlib import metadata  # pylint: disable=import-outside-toplevel
+    return metadata.version("fer_jax")
+  except Exception:  # pylint: disable=broad-except  (running from a source tree that is not installed)
+    from fer_jax import __version__  # pylint: disable=import-outside-toplevel
+    return __version__
+
+
+def top_level_help() -> str:
+  width = max(map(len, list(SUBCOMMANDS) + ["-h, --help"]))
+  lines = ["usage: fer-jax SUBCOMMAND [FLAGS]   (fer-jax SUBCOMMAND --help for its flags and an example)", "",
+           "Facial emotion recognition in JAX / Flax.", "", "subcommands:"]
+  lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+  lines += ["", "options:", f"  {'-h, --help':<{width}}  show this message and exit",
+            f"  {'--version':<{width}}  print the version and exit"]
+  return "\n".join(lines)
+
+
+def train_help(mode: str) -> str:
+  """``fer-jax train|evaluate --help``: this module's flags (their absl help strings) and an example."""
+  rows = [("--config=FILE.py[:k=v,...]", _CONFIG), ("--config.FIELD=VALUE", None), ("--workdir=DIR", _WORKDIR)]
+  if mode == "evaluate":
+    rows.append(("--split=SPLIT", _SPLIT))
+  rows.append(("--[no]jax_distributed", _DISTRIBUTED))
+  width = max(len(r[0]) for r in rows)
+  text = {None: "Override one config field (an unknown field fails at once, naming it)."}
+  lines = [f"usage: fer-jax {mode} --config=experiments/<file>.py[:options] --workdir=DIR [FLAGS]", "",
+           SUBCOMMANDS[mode], "", "flags:"]
+  for flag, holder in rows:
+    help_text = text[None] if holder is None else flags.FLAGS[holder.name].help
+    lines.append(f"  {flag:<{width}}  {help_text}")
+  lines += ["", "Experiment configs and their options: experiments/*.py (each file's docstring).", "",
+            "example:", "  " + _TRAIN_EXAMPLES[mode]]
+  return "\n".join(lines)
+
+
 def run(argv=None):
-  """Console-script entry: ``fer-jax train|evaluate --config=... --workdir=...``."""
+  """Console-script entry ``fer-jax`` (and ``python -m fer_jax.main``): dispatches the subcommands."""
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) > 1 and argv[1] in ("train", "evaluate"):
-    argv = [argv[0], f"--mode={argv[1]}"] + argv[2:]
+  first = argv[1] if len(argv) > 1 else None
+  if first in ("-h", "--help", "help"):
+    print(top_level_help())
+    sys.exit(0)
+  if first in ("--version", "-V", "version"):
+    print(f"fer-jax {version()}")
+    sys.exit(0)
+  if first in _ARGPARSE_SUBCOMMANDS:
+    try:
+      module = importlib.import_module(_ARGPARSE_SUBCOMMANDS[first])
+    except ImportError as e:
+      print(f"error: fer-jax {first} cannot start: {e}", file=sys.stderr)
+      sys.exit(1)
+    sys.exit(module.main(argv[2:]))
+  if first in ("train", "evaluate"):
+    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[2:]):
+      print(train_help(first))
+      sys.exit(0)
+    argv = [argv[0], f"--mode={first}"] + argv[2:]
+  elif first is None:
+    print(top_level_help(), file=sys.stderr)
+    print("\nerror: give a subcommand", file=sys.stderr)
+    sys.exit(2)
+  elif not first.startswith("-"):
+    print(f"error: unknown subcommand {first!r}; expected one of {', '.join(SUBCOMMANDS)} "
+          "(fer-jax --help)", file=sys.stderr)
+    sys.exit(2)
   _preflight(argv[1:])
   app.run(main, argv=argv)
 

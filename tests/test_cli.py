@@ -111,3 +111,38 @@ def test_train_then_evaluate_writes_outputs(tmp_path):
   assert "Could not restore the checkpoint at" in p.stderr and str(workdir / "checkpoints" / "6") in p.stderr
   assert sorted(p for p in state_dir.rglob("*") if p.is_file()) == files
   assert (workdir / "checkpoints" / "3").is_dir() and (workdir / "metrics.json").exists()
+
+
+def _run_in_process(capsys, *args):
+  from fer_jax import main as main_lib
+  with pytest.raises(SystemExit) as e:
+    main_lib.run(["fer-jax", *args])
+  out = capsys.readouterr()
+  return e.value.code, out.out, out.err
+
+
+def test_help_lists_every_subcommand_and_version_prints(capsys):
+  from fer_jax import __version__
+  code, out, _ = _run_in_process(capsys, "--help")
+  assert code == 0
+  for name in ("train", "evaluate", "predict", "explain", "export"):
+    assert f"\n  {name} " in out, (name, out)
+  code, out, _ = _run_in_process(capsys, "--version")
+  assert code == 0 and out.strip() == f"fer-jax {__version__}"
+
+
+@pytest.mark.parametrize("mode", ["train", "evaluate"])
+def test_train_and_evaluate_help_list_their_flags_and_an_example(capsys, mode):
+  code, out, _ = _run_in_process(capsys, mode, "--help")
+  assert code == 0
+  for flag in ("--config=", "--workdir=", "--config.FIELD=VALUE", "jax_distributed"):
+    assert flag in out
+  assert ("--split=" in out) == (mode == "evaluate")
+  assert f"example:\n  fer-jax {mode} --config=experiments/" in out
+
+
+def test_unknown_or_missing_subcommand_fails_naming_the_choices(capsys):
+  code, _, err = _run_in_process(capsys, "trian")
+  assert code == 2 and "unknown subcommand 'trian'" in err and "train, evaluate, predict" in err
+  code, _, err = _run_in_process(capsys)
+  assert code == 2 and "give a subcommand" in err
