@@ -99,7 +99,7 @@ def test_template_points_formula():
     got = align.template_points(name, (96, 128), scale=2.0)
     want = (align.TEMPLATES[name] - 55.5) * np.array([128, 96]) / 112 / 2 + [63.5, 47.5]
     np.testing.assert_allclose(got, want)
-  with pytest.raises(ValueError, match=r"template must be one of \['5', '68'\], got '7'"):
+  with pytest.raises(ValueError, match=r"template must be one of \['5', '68', 'fer2013'\], got '7'"):
     align.template_points("7")
   with pytest.raises(ValueError, match=r"scale must be > 0, got 0"):
     align.template_points("5", 112, 0)
@@ -320,7 +320,7 @@ def test_align_face_bad_landmarks():
     align.align_face(image, np.zeros((68, 3)))
   with pytest.raises(ValueError, match=r"got \(2, 68, 2\)"):
     align.align_face(image, np.zeros((2, 68, 2)))
-  with pytest.raises(ValueError, match=r"template must be one of \['5', '68'\], got 'x'"):
+  with pytest.raises(ValueError, match=r"template must be one of \['5', '68', 'fer2013'\], got 'x'"):
     align.align_face(image, np.zeros((68, 2)), template="x")
   with pytest.raises(ValueError, match=r"landmarks must have shape \(N, 2\) with N >= 1, got "
                      r"\(0, 2\)"):
@@ -440,3 +440,68 @@ def test_same_face_at_two_poses_gives_the_same_aligned_crop():
   d_aligned = np.abs(aligned[0] - aligned[1])[face].mean()
   d_boxed = np.abs(boxed[0] - boxed[1])[face].mean()
   assert d_aligned < 10.0 and d_aligned < 0.4 * d_boxed, (d_aligned, d_boxed)
+
+
+# ------------------------------------------------------------------ FER2013 template ----
+
+
+def test_fer2013_template_conversion_closed_form():
+  """TEMPLATES['fer2013'] is FER2013_TEMPLATE_48 in the 112 frame (p112 = (p48 + 0.5) 112 / 48 - 0.5),
+  so template_points('fer2013', 48) gives back the 48-px numbers; hand-checked for one point."""
+  np.testing.assert_allclose(align.template_points("fer2013", 48), align.FER2013_TEMPLATE_48, atol=1e-12)
+  np.testing.assert_allclose(align.TEMPLATES["fer2013"][0], [(14.944 + 0.5) * 112 / 48 - 0.5,
+                                                            (18.497 + 0.5) * 112 / 48 - 0.5])
+  # 144 px (3x) crop: pixel centres map as p144 = 3 (p48 + 0.5) - 0.5.
+  np.testing.assert_allclose(align.template_points("fer2013", 144), 3 * (align.FER2013_TEMPLATE_48 + 0.5) - 0.5)
+  # Roughly a face: eyes level and above the nose, above the mouth, symmetric about the centre within 1 px.
+  t = align.FER2013_TEMPLATE_48
+  assert t[0, 0] < t[2, 0] < t[1, 0] and t[0, 1] < t[2, 1] < t[3, 1]
+  assert abs((t[0, 0] + t[1, 0]) / 2 - 23.5) < 1 and abs((t[3, 0] + t[4, 0]) / 2 - 23.5) < 1
+
+
+def _warp_reference(image, m):
+  """scipy.ndimage (bilinear, zeros outside) warp of a 2-D image by the forward (x, y) map ``m`` (2, 3)."""
+  inv = np.linalg.inv(m[:, :2])
+  swap = np.array([[0, 1], [1, 0]])  # (x, y) <-> (row, col)
+  return ndimage.affine_transform(np.asarray(image, np.float64), swap @ inv @ swap,
+                                  offset=-(swap @ inv @ m[:, 2]), order=1, mode="constant", cval=0.0)
+
+
+def test_fer2013_face_aligned_by_its_own_landmarks_matches_a_48px_reference():
+  """Real FER2013 faces, upscaled 3x (bicubic) and padded 36 px as in benchmarks/fer2013_template.py,
+  detected by our MTCNN and aligned with template='fer2013' to 48 px, against a reference made without
+  the 112-px frame: the original 48-px face warped (SciPy) by the Umeyama similarity taking the
+  landmarks, mapped back to 48 px by p48 = (p144 - 36 + 0.5) / 3 - 0.5, onto FER2013_TEMPLATE_48.
+  The two differ only by resampling (~1 grey level); a template off by 0.5 px differs by ~7-11."""
+  import gzip
+  import pathlib
+  from PIL import Image
+  path = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
+  if not path.exists():
+    pytest.skip(f"FER2013 not found at {path}")
+  from fer_jax.detect import MTCNN
+  faces = []
+  with gzip.open(path, "rt") as f:
+    next(f)
+    for line in f:
+      _, pixels, usage = line.strip().split(",")
+      if usage.strip() == "Training":
+        faces.append(np.array(pixels.split(), np.uint8).reshape(48, 48))
+      if len(faces) == 16:
+        break
+  faces = np.stack(faces)
+  big = np.stack([np.pad(np.asarray(Image.fromarray(f).resize((144, 144), Image.Resampling.BICUBIC)), 36,
+                         constant_values=128) for f in faces])
+  dets = MTCNN().detect_batch(np.repeat(big[..., None], 3, -1))
+  errs, errs_shifted = [], []
+  for face, img, d in zip(faces, big, dets):
+    if len(d.scores) != 1 or d.scores[0] < 0.95:
+      continue
+    crop = np.asarray(align.align_face(img.astype(np.float32), d.landmarks[0], "fer2013", 48, supersample=3).image)
+    lm48 = (d.landmarks[0].astype(np.float64) - 36 + 0.5) / 3 - 0.5
+    ref = _warp_reference(face, umeyama_reference(lm48, align.FER2013_TEMPLATE_48))
+    shifted = _warp_reference(face, umeyama_reference(lm48, align.FER2013_TEMPLATE_48 + 0.5))
+    errs.append(np.abs(crop - ref)[6:42, 6:42].mean())  # inner part: no border fill in either
+    errs_shifted.append(np.abs(crop - shifted)[6:42, 6:42].mean())
+  assert len(errs) >= 12, len(errs)
+  assert np.median(errs) < 2.5 and np.median(errs_shifted) > 5, (np.median(errs), np.median(errs_shifted))
