@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/synthetic_demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-reference demo lint test test-slow benchmark clean
+.PHONY: install install-reference demo predict-demo lint test test-slow benchmark clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ install-reference: $(VENV)/.installed-reference
 
 demo: $(VENV)/.installed
 	$(PY) -m fer_jax.main --config=experiments/convnext_synthetic.py --workdir=$(WORKDIR)
+
+# fer-jax predict / explain on rendered photos and a video (no dataset needed): runs/predict_demo/
+predict-demo: $(VENV)/.installed
+	$(PY) -m fer_jax.predict.demo --out_dir=runs/predict_demo
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

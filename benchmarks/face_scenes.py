@@ -1,8 +1,8 @@
 """Test photos for detection benchmarks: real FER2013 faces placed into larger cluttered scenes.
 
 We have no licensed photo collection with expression labels, so each scene is built from labelled
-PublicTest faces: a 640x480 RGB background (smooth colour gradients, blurred noise and random
-rectangles and ellipses as clutter), and 1-3 faces, each a 48x48 FER2013 face upscaled (bicubic) to
+PublicTest faces: a 640x480 RGB background (``fer_jax.predict.demo.scene_background``: smooth colour
+gradients, blurred noise and random rectangles and ellipses as clutter), and 1-3 faces, each a 48x48 FER2013 face upscaled (bicubic) to
 a random side in [``min_side``, ``max_side``] and pasted with a feathered edge (a linear alpha ramp over
 the outer ``feather`` of the side), at non-overlapping random positions. The ground truth of a face is
 its label and its pasted square. Deterministic for a seed.
@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import List, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+from fer_jax.predict.demo import feather_mask, scene_background
 
 
 class Scene(NamedTuple):
@@ -26,33 +28,6 @@ class Scene(NamedTuple):
   face_ids: np.ndarray  # int64 (K,) indices into the face array
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  base = np.zeros((height, width, 3), np.float32)
-  for c in range(3):
-    a, b = rng.uniform(-1, 1, 2) / max(width, height)
-    base[..., c] = rng.uniform(40, 200) + 60 * (a * xx + b * yy)
-  noise = Image.fromarray(rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8))
-  noise = noise.resize((width, height), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(6))
-  img = Image.fromarray(np.clip(base * 0.7 + np.asarray(noise, np.float32) * 0.3, 0, 255).astype(np.uint8))
-  draw = ImageDraw.Draw(img)
-  for _ in range(int(rng.integers(4, 12))):
-    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-    w, h = rng.uniform(20, width / 3), rng.uniform(20, height / 3)
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-    shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
-    shape([x0, y0, x0 + w, y0 + h], fill=colour)
-  return img.filter(ImageFilter.GaussianBlur(1.0))
-
-
-def _feather_mask(side: int, feather: float) -> Image.Image:
-  ramp = max(1.0, feather * side)
-  d = np.arange(side, dtype=np.float32) + 0.5
-  edge = np.minimum(d, side - d)
-  m = np.clip(np.minimum(edge[:, None], edge[None, :]) / ramp, 0, 1)
-  return Image.fromarray((m * 255).round().astype(np.uint8))
-
-
 def make_scenes(faces: np.ndarray, labels: np.ndarray, n_scenes: int, *, seed: int = 0, width: int = 640,
                 height: int = 480, min_side: int = 96, max_side: int = 200, max_faces: int = 3,
                 feather: float = 0.08) -> List[Scene]:
@@ -60,7 +35,7 @@ def make_scenes(faces: np.ndarray, labels: np.ndarray, n_scenes: int, *, seed: i
   rng = np.random.default_rng(seed)
   scenes, next_face = [], 0
   for _ in range(n_scenes):
-    img = _background(rng, width, height)
+    img = scene_background(rng, width, height)
     boxes: list = []
     ids: list = []
     for _ in range(int(rng.integers(1, max_faces + 1))):
@@ -74,7 +49,7 @@ def make_scenes(faces: np.ndarray, labels: np.ndarray, n_scenes: int, *, seed: i
       else:
         continue
       face = Image.fromarray(faces[next_face]).resize((side, side), Image.Resampling.BICUBIC).convert("RGB")
-      img.paste(face, (x0, y0), _feather_mask(side, feather))
+      img.paste(face, (x0, y0), feather_mask(side, feather))
       boxes.append((x0, y0, x0 + side, y0 + side))
       ids.append(next_face)
       next_face += 1

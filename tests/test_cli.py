@@ -2,6 +2,7 @@
 
 import glob
 import json
+import re
 import os
 import pathlib
 import socket
@@ -146,3 +147,16 @@ def test_unknown_or_missing_subcommand_fails_naming_the_choices(capsys):
   assert code == 2 and "unknown subcommand 'trian'" in err and "train, evaluate, predict" in err
   code, _, err = _run_in_process(capsys)
   assert code == 2 and "give a subcommand" in err
+
+
+@pytest.mark.parametrize("sub,flags", [
+    ("predict", ["--output", "--no-detect", "--every", "--annotate", "--model", "--workdir"]),
+    ("explain", ["--out_dir", "--target", "--baseline", "--steps", "--model", "--workdir"]),
+    ("export", ["--format", "--int8", "--output", "--model", "--workdir"]),
+])
+def test_argparse_subcommands_help_lists_flags_and_an_example(capsys, sub, flags):
+  code, out, _ = _run_in_process(capsys, sub, "--help")
+  assert code == 0 and out.startswith(f"usage: fer-jax {sub}")
+  for flag in flags:
+    assert flag in out, (sub, flag)
+  assert re.search(rf"examples?:\n  fer-jax {sub} ", out), out

@@ -399,3 +399,24 @@ def test_faceless_frames_are_written_in_batches_too(predictor, tmp_path, monkeyp
                output=str(out), progress=False)
   assert seen == [0, 0, 2, 2, 4]
   assert list(df["status"]) == ["no_face"] * 5 and len(pd.read_csv(out)) == 5
+
+
+def test_detector_batches_same_size_frames_on_request(monkeypatch):
+  """On CPU frames go to the detector one by one (batching measured slower there); with a batch size of 8
+  (accelerators), 5 same-size frames and then 2 of another size make 2 calls, padded to 8 and 2 frames."""
+  seen = []
+
+  class Recorder(FakeDetector):
+    def detect_batch(self, images):
+      seen.append(images.shape[:3])
+      return super().detect_batch(images)
+
+  frames = [sources.Frame(f"f{i}", i, None, np.full((20, 24, 3), i, np.uint8)) for i in range(5)]
+  frames += [sources.Frame(f"g{i}", i, None, np.full((30, 24, 3), i, np.uint8)) for i in range(2)]
+  out = list(faces.faces_in_frames(frames, detector=Recorder([]), align=ALIGN))
+  assert [f.source for f, _ in out] == [f.source for f in frames] and all(c == [] for _, c in out)
+  assert seen == [(1, 20, 24)] * 5 + [(1, 30, 24)] * 2
+  seen.clear()
+  monkeypatch.setattr(faces, "DETECT_BATCH_CPU", 8)
+  list(faces.faces_in_frames(frames, detector=Recorder([]), align=ALIGN))
+  assert seen == [(8, 20, 24), (2, 30, 24)]

@@ -75,8 +75,8 @@ def draw_faces(image: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarr
     text = f"#{row['track']} {label}" + (f" {p:.2f}" if p is not None else "")
     tb = draw.textbbox((box[0], box[1]), text, font=font)
     top = box[1] - (tb[3] - tb[1]) - 2 * width
-    if top < 0:
-      top = box[3] + width
+    if top < 0:  # no room above the box: inside its top edge (below it could cover a face underneath)
+      top = max(box[1], 0) + width
     tb = draw.textbbox((box[0], top), text, font=font)
     draw.rectangle(tb, fill=colour)
     draw.text((box[0], top), text, fill=(0, 0, 0), font=font)

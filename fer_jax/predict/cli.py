@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="write copies of the inputs with boxes, landmarks, track ids and labels drawn into DIR")
   p.add_argument("--max_gap", "--max-gap", type=int, default=5, metavar="N",
                  help="tracking: frames a face may be missing and keep its track id (default 5)")
+  p.add_argument("--min_face", "--min-face", type=int, default=20, metavar="PX",
+                 help="smallest face side the detector looks for, in pixels (default 20; 40 ran 1.9x faster at 720x576)")
   p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
   return p
 
@@ -63,10 +65,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if getattr(args, name) < 1:
       print(f"error: --{name}={getattr(args, name)}; expected a positive integer", file=sys.stderr)
       return 2
+  if args.min_face < 12:
+    print(f"error: --min_face={args.min_face}; expected an integer >= 12 (MTCNN's smallest window)",
+          file=sys.stderr)
+    return 2
   if args.max_gap < 0:
     print(f"error: --max_gap={args.max_gap}; expected an integer >= 0", file=sys.stderr)
     return 2
-  logging.basicConfig(format="%(message)s", level=logging.INFO)
+  logging.basicConfig(format="%(message)s", level=logging.WARNING)
+  logging.getLogger("fer_jax").setLevel(logging.INFO)  # ours, not every library's INFO lines
   from fer_jax.predict import runner, writers  # pylint: disable=import-outside-toplevel
   try:
     writers.format_of(args.output)
@@ -79,7 +86,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     df = runner.predict(args.inputs, predictor=predictor, detect=args.detect, every=args.every,
                         align=args.align, test_crops=args.test_crops, batch_size=args.batch_size,
                         output=args.output, overwrite=args.overwrite, annotate=args.annotate,
-                        progress=not args.quiet, max_gap=args.max_gap)
+                        progress=not args.quiet, max_gap=args.max_gap,
+                        min_face=args.min_face)
   except KeyboardInterrupt:
     print(f"interrupted; the rows so far are in {args.output}", file=sys.stderr)
     return 130

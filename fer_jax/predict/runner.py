@@ -108,7 +108,7 @@ def predict(paths: Sequence[str] | str, *, model: Optional[str] = None, workdir:
             predictor: Any = None, detect: bool = True, every: int = 1, align: str = "fer2013",
             test_crops: Optional[str] = None, batch_size: int = 256, output: Optional[str] = None,
             overwrite: bool = False, annotate: Optional[str] = None, detector: Any = None,
-            progress: bool = True, max_gap: int = 5, iou_threshold: float = 0.3):
+            progress: bool = True, max_gap: int = 5, iou_threshold: float = 0.3, min_face: int = 20):
   """Faces and emotions in photos and videos -> a pandas DataFrame (the columns of
   :mod:`fer_jax.predict.writers`), also written to ``output`` (.csv / .jsonl / .parquet) as it goes.
 
@@ -124,6 +124,7 @@ def predict(paths: Sequence[str] | str, *, model: Optional[str] = None, workdir:
     annotate: folder for annotated copies of the inputs (:mod:`fer_jax.predict.annotate`).
     progress: print a progress line on stderr.
     max_gap, iou_threshold: tracking (:class:`fer_jax.predict.tracking.IouTracker`).
+    min_face: the default detector's smallest face side in pixels (MTCNN ``min_face_size``; larger is faster).
 
   Bad inputs are logged (logger ``fer_jax.predict``), get a row with status 'error', and the run goes on.
   ``df.attrs['summary']`` holds the :class:`Summary` as a dict.
@@ -144,7 +145,7 @@ def predict(paths: Sequence[str] | str, *, model: Optional[str] = None, workdir:
   cols = writers.columns(predictor.class_names, classifier.affect)
   files = sources.discover(paths)
   if detect and detector is None and files:
-    detector = faces_lib.default_detector()
+    detector = faces_lib.default_detector(min_face)
   counts = [sources.count_frames(f, every) for f in files]
   total = sum(counts) if all(c is not None for c in counts) else None
   summary = Summary(files=len(files))
