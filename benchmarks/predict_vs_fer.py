@@ -24,8 +24,10 @@ Two settings, each on FER2013 PublicTest faces, in one run:
   (a missed face counts as wrong) and over the faces found, scenes/s.
 * **crops** (no detection): the 48x48 PublicTest faces. ``fer``: ``detect_emotions(face, face_rectangles=
   [(10, 10, 28, 28)])`` per face (its API for skipping detection; it pads a given rectangle by its offsets
-  (10, 10), so this rectangle classifies exactly the whole 48x48 face); ours: ``predict_proba`` in batches
-  of 256.
+  (10, 10), so this rectangle classifies exactly the whole 48x48 face; its default model is an int8 TFLite
+  file run one face per call); ours: ``predict_proba`` in batches of 256, and the int8 TFLite file of
+  ``fer-jax export --int8`` (calibrated on 200 Training faces) run with LiteRT one face per call, as
+  ``fer`` runs its own.
 
 Timing: each contender processes the whole set ``--rounds`` times, interleaved; medians. Writes
 benchmarks/results/predict_vs_fer.json.
@@ -130,6 +132,14 @@ def main():
   crops, crop_labels = faces[:args.crops], labels[:args.crops]
 
   predictor = pretrained.resolve(args.model)
+  import tempfile  # noqa: PLC0415
+  from fer_jax import export  # noqa: PLC0415
+  tflite_path = os.path.join(tempfile.mkdtemp(), "fer_int8.tflite")
+  train = fb.read_fer2013_csv(csv)["Training"]
+  export.export(predictor, "tflite", tflite_path, int8=True, calibration=train.images[:200],
+                check_faces=test.images[:1000], verbose=False)
+  tflite_int8 = export.runner(tflite_path, num_threads=1)
+  crops_model_input = np.asarray(predictor.to_model_input(crops[..., None]), np.float32)
   detector, detector48 = MTCNN(), MTCNN(min_face_size=48)
   fer = fer_detector()
 
@@ -147,6 +157,8 @@ def main():
       "crops: fer mini-Xception": fer_crops,
       "crops: ours centre crop": lambda: predictor.predict(crops, test_crops="center"),
       "crops: ours ten-crop": lambda: predictor.predict(crops, test_crops="ten"),
+      "crops: ours int8 TFLite (exported), centre crop": lambda: np.concatenate(
+          [tflite_int8(crops_model_input[i:i + 1]) for i in range(len(crops))]).argmax(-1),
   }
   results = {k: fn() for k, fn in contenders.items()}  # warm-up (compiles) and the outputs scored
   times = {k: [] for k in contenders}
@@ -175,7 +187,7 @@ def main():
     acc = r.get("accuracy", r.get("accuracy_all_faces"))
     extra = (f" found {r['found']}/{r['faces']} false {r['false_detections']} acc(found) "
              f"{r['accuracy_found_faces']:.4f}" if "found" in r else "")
-    print(f"{k:46s} acc {acc:.4f} faces/s {r['faces_per_s']:8.1f} ({r['speed_vs_fer']:.2f}x fer){extra}")
+    print(f"{k:49s} acc {acc:.4f} faces/s {r['faces_per_s']:8.1f} ({r['speed_vs_fer']:.2f}x fer){extra}")
   write_json(os.path.join(HERE, "results", "predict_vs_fer.json"),
              {"command": "python " + " ".join(sys.argv), "model": predictor.name, "scenes": len(scenes),
               "scene_faces": n_faces_scenes, "crops": len(crop_labels)}, rows)

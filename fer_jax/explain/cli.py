@@ -41,17 +41,13 @@ fer_jax/explain/faces.py).
 def build_parser() -> argparse.ArgumentParser:
   from fer_jax.explain.faces import BASELINES, OUTPUTS  # pylint: disable=import-outside-toplevel
   from fer_jax.explain.integrated_gradients import METHODS  # pylint: disable=import-outside-toplevel
+  from fer_jax.predict import cli as predict_cli  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(
       prog="fer-jax explain", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Integrated Gradients of the emotion classifier on the faces in images and videos: a PNG "
                   "per face and a CSV of the attribution per facial region.")
-  p.add_argument("inputs", nargs="+", metavar="INPUT",
-                 help="image or video files, or folders (searched recursively for images and videos)")
-  src = p.add_mutually_exclusive_group()
-  src.add_argument("--model", default=None,
-                   help="a shipped model name or a <name>.json path (default: the best shipped model)")
-  src.add_argument("--workdir", default=None, help="a training work dir: use its latest checkpoint")
-  p.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint step")
+  predict_cli.add_input_arguments(p)
+  predict_cli.add_model_arguments(p)
   p.add_argument("--out_dir", "--out-dir", required=True, metavar="DIR",
                  help="where the PNGs and regions.csv go")
   p.add_argument("--target", default="predicted",

@@ -31,10 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Export a FER model to TFLite or ONNX (float32 or int8) for mobile / edge inference; the "
                   "exported file is checked against JAX (float: max |dp| <= 1e-4; int8: top-1 agreement >= 98%) "
                   "and its size and batch-1 CPU latency are printed.")
-  src = p.add_mutually_exclusive_group()
-  src.add_argument("--model", help="a shipped model name or a <name>.json path (default: the best shipped model)")
-  src.add_argument("--workdir", help="a training work dir: export its checkpoint")
-  p.add_argument("--step", type=int, help="with --workdir: the checkpoint step (default: latest)")
+  from fer_jax.predict import cli as predict_cli  # pylint: disable=import-outside-toplevel
+  predict_cli.add_model_arguments(p)
   p.add_argument("--format", required=True, choices=("tflite", "onnx"))
   p.add_argument("--output", required=True, help="the .tflite / .onnx file to write")
   p.add_argument("--int8", action="store_true", help="full-integer post-training quantization")

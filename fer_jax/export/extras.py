@@ -4,7 +4,7 @@ helpers its backends share."""
 from __future__ import annotations
 
 import importlib
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -31,3 +31,19 @@ def calibration_batches(calibration: np.ndarray, batch: Optional[int]) -> List[n
   n = -(-len(calibration) // b) * b
   full = np.resize(calibration, (n,) + calibration.shape[1:]) if n != len(calibration) else calibration
   return [full[i:i + b] for i in range(0, n, b)]
+
+
+def call_in_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: Optional[int],
+                    max_batch: int = 256) -> np.ndarray:
+  """``run`` over ``x`` in chunks: of the file's fixed ``batch_size`` (the last chunk zero-padded, its padding
+  rows dropped), or of up to ``max_batch`` rows for a dynamic-batch file (``batch_size`` None)."""
+  x = np.ascontiguousarray(x, np.float32)
+  bs = batch_size or min(max_batch, len(x))
+  out = []
+  for start in range(0, len(x), bs):
+    chunk = x[start:start + bs]
+    n = len(chunk)
+    if batch_size is not None and n < bs:
+      chunk = np.concatenate([chunk, np.zeros((bs - n,) + chunk.shape[1:], np.float32)])
+    out.append(run(chunk)[:n])
+  return np.concatenate(out)

@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fer_jax.export.extras import calibration_batches, require
+from fer_jax.export.extras import calibration_batches, call_in_batches, require
 
 _CONV_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Activation ranges: the 0.001% .. 99.999% percentiles of the calibration activations (min / max: ~97.8% top-1
@@ -140,13 +140,5 @@ class Runner:
     self.batch_size: Optional[int] = inp.shape[0] if isinstance(inp.shape[0], int) else None
 
   def __call__(self, x: np.ndarray, max_batch: int = 256) -> np.ndarray:
-    x = np.ascontiguousarray(x, np.float32)
-    bs = self.batch_size or min(max_batch, len(x))
-    out = []
-    for start in range(0, len(x), bs):
-      chunk = x[start:start + bs]
-      n = len(chunk)
-      if self.batch_size is not None and n < bs:
-        chunk = np.concatenate([chunk, np.zeros((bs - n,) + chunk.shape[1:], np.float32)])
-      out.append(self.session.run(None, {self._name: chunk})[0][:n])
-    return np.concatenate(out)
+    run = lambda c: self.session.run(None, {self._name: c})[0]  # noqa: E731
+    return call_in_batches(run, x, self.batch_size, max_batch)

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fer_jax.export.extras import calibration_batches, require
+from fer_jax.export.extras import calibration_batches, call_in_batches, require
 
 METADATA_NAME = "fer_jax"
 # Activation ranges: the 0.001% .. 99.999% percentiles of each activation on the calibration faces (min / max
@@ -197,13 +197,4 @@ class Runner:
     return np.array(it.get_tensor(self._out["index"]))
 
   def __call__(self, x: np.ndarray, max_batch: int = 256) -> np.ndarray:
-    x = np.ascontiguousarray(x, np.float32)
-    bs = self.batch_size or min(max_batch, len(x))
-    out = []
-    for start in range(0, len(x), bs):
-      chunk = x[start:start + bs]
-      n = len(chunk)
-      if self.batch_size is not None and n < bs:
-        chunk = np.concatenate([chunk, np.zeros((bs - n,) + chunk.shape[1:], np.float32)])
-      out.append(self._run(chunk)[:n])
-    return np.concatenate(out)
+    return call_in_batches(self._run, x, self.batch_size, max_batch)

@@ -23,19 +23,29 @@ Output columns (one row per face, per frame without a face, per unreadable input
 """
 
 
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+  """The positional INPUT... of the subcommands that read photos and videos (predict, explain)."""
+  p.add_argument("inputs", nargs="+", metavar="INPUT",
+                 help="image or video files, or folders (searched recursively for images and videos)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+  """--model | --workdir [--step]: the arguments of ``fer_jax.pretrained.resolve``, shared by the subcommands."""
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--model", default=None,
+                   help="a shipped model name or a <name>.json path (default: the best shipped model)")
+  src.add_argument("--workdir", default=None, help="a training work dir: use its latest checkpoint")
+  p.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint step")
+
+
 def build_parser() -> argparse.ArgumentParser:
   from fer_jax.predict.faces import ALIGNMENTS  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(
       prog="fer-jax predict", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Detect, align, track and classify the faces in images and videos; write one row per face\n"
                   "to a CSV, JSON-lines or Parquet file (by the --output extension), batch by batch.")
-  p.add_argument("inputs", nargs="+", metavar="INPUT",
-                 help="image or video files, or folders (searched recursively for images and videos)")
-  src = p.add_mutually_exclusive_group()
-  src.add_argument("--model", default=None,
-                   help="a shipped model name or a <name>.json path (default: the best shipped model)")
-  src.add_argument("--workdir", default=None, help="a training work dir: use its latest checkpoint")
-  p.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint step")
+  add_input_arguments(p)
+  add_model_arguments(p)
   p.add_argument("--output", "-o", required=True, help="FILE.csv | FILE.jsonl | FILE.parquet")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
   p.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th video frame (default 1)")
