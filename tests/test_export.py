@@ -322,3 +322,21 @@ def test_slow_cli_int8_falls_back_to_synthetic_calibration(tmp_path, capsys):
   r = json.loads(report.read_text())
   assert r["calibration_source"] == "synthetic" and r["n_calibration_faces"] == 50
   assert r["check_source"] == "synthetic" and r["int8"] and out.exists()
+
+
+def test_tflite_export_leaves_the_absl_logger_level_alone(tmp_path):
+  """TensorFlow's converter sets the 'absl' logger to WARNING; convert() puts it back (the trainer's metric
+  lines are absl INFO records)."""
+  import logging
+  import jax.numpy as jnp
+  from fer_jax.export import tflite
+  absl_logger = logging.getLogger("absl")
+  before = absl_logger.level
+  try:
+    absl_logger.setLevel(logging.DEBUG)
+    model = tflite.convert(lambda x: jnp.tanh(x).sum(axis=(1, 2)), (1, 4, 4, 1))
+    assert absl_logger.level == logging.DEBUG
+  finally:
+    absl_logger.setLevel(before)
+  out = tflite.Runner(model)(np.linspace(0, 2, 16, dtype=np.float32).reshape(1, 4, 4, 1))
+  np.testing.assert_allclose(out, [[np.tanh(np.linspace(0, 2, 16)).sum()]], rtol=1e-5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pathlib
 from types import SimpleNamespace
 
@@ -420,3 +421,39 @@ def test_detector_batches_same_size_frames_on_request(monkeypatch):
   monkeypatch.setattr(faces, "DETECT_BATCH_CPU", 8)
   list(faces.faces_in_frames(frames, detector=Recorder([]), align=ALIGN))
   assert seen == [(8, 20, 24), (2, 30, 24)]
+
+
+def test_a_training_work_dir_is_a_model_too(tmp_path, monkeypatch):
+  """``--workdir``: a 3-step toy training run (its own process) -> ``pretrained.from_workdir`` holds the
+  checkpoint's EMA weights (as orbax restored them in the driver) and its class names, and ``fer-jax predict
+  --workdir`` writes its probabilities."""
+  import subprocess
+  import sys
+  from train_driver import check_ok, final_params
+  workdir, data = tmp_path / "run", tmp_path / "data"
+  env = dict(os.environ, TOY_DATA_DIR=str(data), TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  check_ok(subprocess.run([sys.executable, str(ROOT / "tests" / "train_driver.py"), str(workdir), "3"], env=env,
+                          capture_output=True, text=True, timeout=600))
+  monkeypatch.setenv("TOY_DATA_DIR", str(data))
+  model = pretrained.from_workdir(str(workdir))
+  assert model.class_names == ("tl", "tr", "bl", "br")
+  saved = final_params(workdir)
+  import jax
+  leaves = jax.tree_util.tree_leaves_with_path(model.variables["params"])
+  assert leaves
+  for path, leaf in leaves:
+    np.testing.assert_array_equal(np.asarray(leaf), saved["['ema_params']" + jax.tree_util.keystr(path)])
+  assert model.image_size == 18  # the run's resize; faces of that size go to the model unresampled
+  rng = np.random.default_rng(0)
+  imgs = rng.integers(0, 90, (2, 18, 18, 1)).astype(np.uint8)
+  imgs[0, :9, :9] += 100
+  imgs[1, 9:, 9:] += 100
+  for i, im in enumerate(imgs):
+    Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
+  out = tmp_path / "t.csv"
+  assert cli.main([str(tmp_path / "0.png"), str(tmp_path / "1.png"), "--workdir", str(workdir), "--no-detect",
+                   "--output", str(out), "-q"]) == 0
+  table = pd.read_csv(out)
+  np.testing.assert_allclose(table[[f"p_{c}" for c in model.class_names]].to_numpy(),
+                             model.predict_proba(imgs), atol=1e-6)

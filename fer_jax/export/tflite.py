@@ -14,6 +14,7 @@ and read float32 either way. int8 needs a fixed batch size."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -58,6 +59,18 @@ def float_prefix(model: bytes) -> List[str]:
 
 def convert(fn: Callable[[Any], Any], input_shape: Sequence[Optional[int]], *, int8: bool = False,
             calibration: Optional[np.ndarray] = None, metadata: Optional[Mapping[str, Any]] = None) -> bytes:
+  """:func:`_convert`, leaving the absl logger's level as it found it (TensorFlow's converter sets it to
+  WARNING, which would silence the caller's absl INFO lines, e.g. the trainer's metrics)."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  try:
+    return _convert(fn, input_shape, int8=int8, calibration=calibration, metadata=metadata)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _convert(fn: Callable[[Any], Any], input_shape: Sequence[Optional[int]], *, int8: bool = False,
+             calibration: Optional[np.ndarray] = None, metadata: Optional[Mapping[str, Any]] = None) -> bytes:
   """``fn``: float32 ``input_shape`` (batch None = dynamic) -> float32 (batch, classes), as TFLite bytes.
 
   The signature 'serving_default' takes 'faces' and returns 'probs'; ``metadata`` is stored as JSON in the
