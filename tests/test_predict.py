@@ -457,3 +457,33 @@ def test_a_training_work_dir_is_a_model_too(tmp_path, monkeypatch):
   table = pd.read_csv(out)
   np.testing.assert_allclose(table[[f"p_{c}" for c in model.class_names]].to_numpy(),
                              model.predict_proba(imgs), atol=1e-6)
+
+
+def test_predict_and_explain_run_without_tensorflow(tmp_path):
+  """The core needs no TensorFlow: detection, alignment, classification, Parquet output and IG heat maps run
+  in a fresh interpreter where importing tensorflow fails."""
+  import subprocess
+  import sys
+  import textwrap
+  from fer_jax.predict import demo
+  from fer_jax.testing import HIDE_TENSORFLOW
+  rendered = demo.make_photos(str(tmp_path / "photos"), n=1)
+  code = textwrap.dedent(f"""
+      import sys
+      from fer_jax.predict import cli
+      from fer_jax.explain import cli as explain_cli
+      assert cli.main([{str(tmp_path / 'photos')!r}, "--output", {str(tmp_path / 't.parquet')!r}, "-q",
+                       "--test_crops", "center"]) == 0
+      assert explain_cli.main([{str(tmp_path / 'photos')!r}, "--out_dir", {str(tmp_path / 'ex')!r},
+                               "--steps", "8"]) == 0
+      print("LEAKED", [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")])
+      """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  proc = subprocess.run([sys.executable, "-c", HIDE_TENSORFLOW + code], env=env, cwd=str(tmp_path),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "LEAKED []" in proc.stdout
+  table = pd.read_parquet(tmp_path / "t.parquet")
+  assert list(table["status"]) == ["ok"] * len(rendered)  # every rendered face found, nothing else
+  assert sorted(p.name for p in (tmp_path / "ex").glob("*.png")) == [
+      f"scene_0_face{k}.png" for k in range(len(rendered))]
