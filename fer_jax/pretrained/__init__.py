@@ -274,12 +274,12 @@ def default_model() -> str:
 
 def from_workdir(workdir: str, step: Optional[int] = None) -> Predictor:
   """A ``Predictor`` of a training work dir's checkpoint (latest, or ``step``), as ``package`` would ship it."""
-  from fer_jax.pretrained import package  # pylint: disable=import-outside-toplevel  (imports the trainer)
+  from fer_jax.pretrained import from_run  # pylint: disable=import-outside-toplevel  (imports the trainer)
   from fer_jax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir {workdir!r} is not a directory")
-  config, exp, variables, step = package.variables_from_workdir(workdir, step)
-  meta = package.build_meta(config, exp, step, os.path.basename(os.path.normpath(workdir)), "",
+  config, exp, variables, step = from_run.variables_from_workdir(workdir, step)
+  meta = from_run.build_meta(config, exp, step, os.path.basename(os.path.normpath(workdir)), "",
                             workdir_lib.read_metrics(workdir))
   return Predictor(meta, variables)
 
