@@ -133,7 +133,8 @@ def test_resolve_targets():
 
 
 def test_bad_input_errors(predictor):
-  with pytest.raises(TypeError, match="dtype float32.*expected uint8"):
+  with pytest.raises(TypeError,
+                     match=r"explain_faces got dtype float32 with shape \(1, 48, 48\); expected a uint8"):
     ef.explain_faces(predictor, np.zeros((1, 48, 48), np.float32))
   with pytest.raises(ValueError, match=r"shape \(1, 48, 48, 2\)"):
     ef.explain_faces(predictor, np.zeros((1, 48, 48, 2), np.uint8))

@@ -203,9 +203,9 @@ def test_bad_arguments_are_named(tmp_path, predictor):
     export.export(predictor, "tflite", out, batch_size=0)
   with pytest.raises(ValueError, match=r"int8 export needs a fixed batch_size; got batch_size=None"):
     export.export(predictor, "onnx", str(tmp_path / "m.onnx"), int8=True, batch_size=None)
-  with pytest.raises(TypeError, match=r"check_faces has dtype float32 \(shape \(2, 48, 48\)\); expected a uint8"):
+  with pytest.raises(TypeError, match=r"check_faces got dtype float32 with shape \(2, 48, 48\); expected a uint8"):
     export.export(predictor, "tflite", out, check_faces=np.zeros((2, 48, 48), np.float32))
-  with pytest.raises(ValueError, match=r"calibration has shape \(48, 48\); expected"):
+  with pytest.raises(ValueError, match=r"calibration got shape \(48, 48\) \(2-D\); expected"):
     export.export(predictor, "tflite", out, int8=True, calibration=np.zeros((48, 48), np.uint8))
   with pytest.raises(TypeError, match=r"predictor is a str without \.forward"):
     export.export("fer2013_resnet_s", "tflite", out)

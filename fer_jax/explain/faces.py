@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import pretrained
 from fer_jax.explain.heatmap import attribution_heatmap, draw_landmarks, overlay_heatmap
 from fer_jax.explain.integrated_gradients import METHODS, integrated_gradients
 from fer_jax.explain.regions import aggregate_by_masks, landmark_region_masks
@@ -116,23 +117,9 @@ class FaceAttributions:
       return np.where(diff > 0, d / np.where(diff > 0, diff, 1.0), np.where(d > 0, np.inf, 0.0))
 
 
-def _check_crops(crops) -> np.ndarray:
-  """uint8 (N, H, W) or (N, H, W, 1 | 3), N >= 1 -> (N, H, W, C)."""
-  want = "uint8 face crops of shape (N, S, S) or (N, S, S, 1 | 3), N >= 1"
-  a = np.asarray(crops)
-  if a.dtype != np.uint8:
-    raise TypeError(f"crops have dtype {a.dtype} (shape {a.shape}); expected {want}")
-  if a.ndim == 3:
-    a = a[..., None]
-  if a.ndim != 4 or a.shape[-1] not in (1, 3) or min(a.shape[:3]) < 1:
-    raise ValueError(f"crops have shape {a.shape}; expected {want}")
-  return a
-
-
 def to_grey_uint8(crops) -> np.ndarray:
   """uint8 RGB (N, H, W, 3) -> uint8 luma (N, H, W, 1), rounded as ``Predictor.to_model_input`` does."""
-  from fer_jax.pretrained import to_grey  # pylint: disable=import-outside-toplevel
-  y = jnp.clip(jnp.round(to_grey(jnp.asarray(_check_crops(crops)))), 0, 255)
+  y = jnp.clip(jnp.round(pretrained.to_grey(jnp.asarray(pretrained.check_faces(crops, 'crops')))), 0, 255)
   return np.asarray(y).astype(np.uint8)
 
 
@@ -144,7 +131,7 @@ def make_baselines(crops, baseline: str = "blur", blur_sigma: Optional[float] = 
   borders, truncated at 4 sigma.
   """
   from scipy import ndimage  # pylint: disable=import-outside-toplevel
-  x = _check_crops(crops).astype(np.float32)
+  x = pretrained.check_faces(crops, 'crops').astype(np.float32)
   if baseline == "black":
     return np.zeros_like(x)
   if baseline == "mean":
@@ -192,9 +179,8 @@ def resolve_targets(target: Any, predicted, class_names: Sequence[str]) -> np.nd
 def _model_input(predictor, z: jax.Array) -> jax.Array:
   """float (B, H, W, C) crops -> (B, size, size, channels): luma / grey copies and a bilinear antialiased
   resize as ``Predictor.to_model_input``, without its rounding (which has no gradient)."""
-  from fer_jax.pretrained import to_grey  # pylint: disable=import-outside-toplevel
   if z.shape[-1] == 3 and predictor.channels == 1:
-    z = to_grey(z)
+    z = pretrained.to_grey(z)
   elif z.shape[-1] == 1 and predictor.channels == 3:
     z = jnp.repeat(z, 3, axis=-1)
   size = predictor.image_size
@@ -269,7 +255,7 @@ def explain_faces(predictor, crops, *, target: Any = "predicted", baseline: Unio
   Returns:
     a ``FaceAttributions``.
   """
-  x = _check_crops(crops)
+  x = pretrained.check_faces(crops, 'explain_faces')
   if x.shape[-1] == 3 and predictor.channels == 1:
     x = to_grey_uint8(x)
   if output not in OUTPUTS:
@@ -451,7 +437,7 @@ def explanation_image(crop, attribution, *, landmarks=None, title: Union[str, Se
   ``crop``: uint8 (S, S), (S, S, 1 | 3); ``attribution``: (S, S); ``landmarks``: (L, 2) crop pixels or None.
   """
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
-  face = _check_crops(np.asarray(crop)[None])[0]
+  face = pretrained.check_faces(np.asarray(crop)[None], 'crop')[0]
   a = np.asarray(attribution, np.float64)
   if a.shape != face.shape[:2]:
     raise ValueError(f"attribution has shape {a.shape}; expected the crop's (H, W) = {face.shape[:2]}")

@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fer_jax import pretrained
 from fer_jax.export.extras import INSTALL, MissingExtraError
 
 FORMATS = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -88,18 +89,6 @@ class ExportReport:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
-
-
-def _faces(name: str, faces: Any) -> np.ndarray:
-  want = "a uint8 array of faces, (N, H, W) grey or (N, H, W, 1 | 3), N >= 1"
-  a = np.asarray(faces)
-  if a.dtype != np.uint8:
-    raise TypeError(f"{name} has dtype {a.dtype} (shape {a.shape}); expected {want}")
-  if a.ndim == 3:
-    a = a[..., None]
-  if a.ndim != 4 or a.shape[-1] not in (1, 3) or a.shape[0] < 1 or min(a.shape[1:3]) < 1:
-    raise ValueError(f"{name} has shape {np.asarray(faces).shape}; expected {want}")
-  return a
 
 
 def _model_input(predictor, faces: np.ndarray) -> np.ndarray:
@@ -204,15 +193,15 @@ def export(predictor, format: str = "tflite", output: Optional[str] = None, int8
   if check_faces is None:
     check, check_source = faces_lib.synthetic_faces(SYNTHETIC_CHECK_FACES, size, ch), "synthetic"
   else:
-    check, check_source = _faces("check_faces", check_faces), "given"
+    check, check_source = pretrained.check_faces(check_faces, "check_faces"), "given"
   cal, cal_source = None, ""
   if int8:
     if calibration is None:
       cal, cal_source = faces_lib.synthetic_faces(n_calibration, size, ch, seed=1), "synthetic"
     else:
-      cal, cal_source = _faces("calibration", calibration)[:n_calibration], "given"
+      cal, cal_source = pretrained.check_faces(calibration, "calibration")[:n_calibration], "given"
   elif calibration is not None:
-    _faces("calibration", calibration)
+    pretrained.check_faces(calibration, "calibration")
   if format == "tflite":
     from fer_jax.export import tflite as backend  # pylint: disable=import-outside-toplevel
     backend._tf()  # pylint: disable=protected-access  (fail on a missing extra before any work)

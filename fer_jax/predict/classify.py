@@ -24,8 +24,8 @@ class Classifier:
 
   Probabilities are ``predictor.predict_proba`` (test crops averaged in logit space). If the model also
   outputs ``valence_arousal`` (N, 2) (an affect head, e.g. ``multitask`` with ``tanh``), ``affect`` is True
-  and one jitted pass computes both, by the same preprocessing as ``Predictor.forward``, valence / arousal
-  averaged over the test crops.
+  and one jitted pass computes both (``Predictor.forward_outputs``: valence / arousal averaged over the test
+  crops, like the logits).
   """
 
   def __init__(self, predictor: Any, *, test_crops: Optional[str] = None, batch_size: int = 256):
@@ -43,19 +43,11 @@ class Classifier:
 
   def _affect_fn(self):
     import jax  # pylint: disable=import-outside-toplevel
-    from fer_jax import pretrained  # pylint: disable=import-outside-toplevel
-    from fer_jax.train.preprocess import preprocess_images  # pylint: disable=import-outside-toplevel
     p, mode = self.predictor, self.test_crops
 
     def fn(variables, faces):
-      x = p.to_model_input(faces)
-      crops = x[:, None] if mode == "none" or p.crop >= p.image_size else pretrained.test_crops_fn(x, p.crop, mode)
-      b, k = crops.shape[:2]
-      out = p.model.apply(variables, train=False,
-                          image=preprocess_images(crops.reshape((b * k,) + crops.shape[2:]), p._input_cfg))  # noqa: SLF001
-      logits = out["logits"].astype("float32").reshape(b, k, -1).mean(1)
-      va = out[AFFECT_OUTPUT].astype("float32").reshape(b, k, -1).mean(1)
-      return jax.nn.softmax(logits, axis=-1), va
+      out = p.forward_outputs(variables, p.to_model_input(faces), mode)
+      return jax.nn.softmax(out["logits"], axis=-1), out[AFFECT_OUTPUT]
     return jax.jit(fn)
 
   def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:

@@ -95,24 +95,24 @@ def read_variables(weights_path: str, expected_sha256: Optional[str] = None) -> 
   return tree
 
 
-def check_faces(faces: Any) -> np.ndarray:
-  """uint8 (N, H, W) or (N, H, W, C), C in {1, 3}, N >= 1 -> (N, H, W, C) uint8."""
+def check_faces(faces: Any, name: str = "predict_proba") -> np.ndarray:
+  """uint8 (N, H, W) or (N, H, W, C), C in {1, 3}, N >= 1 -> (N, H, W, C) uint8; errors start with ``name``."""
   want = "a uint8 array of face crops, shape (N, H, W) grey or (N, H, W, 1 | 3), N >= 1"
   if not isinstance(faces, (np.ndarray, jax.Array)):
     faces = np.asarray(faces)
   if faces.dtype != np.uint8:
-    raise TypeError(f"predict_proba got dtype {faces.dtype} with shape {tuple(faces.shape)}; expected {want} "
+    raise TypeError(f"{name} got dtype {faces.dtype} with shape {tuple(faces.shape)}; expected {want} "
                     "(pixel values 0..255; convert float images with (x * 255).round().astype(np.uint8))")
   if faces.ndim == 3:
     faces = faces[..., None]
   if faces.ndim != 4:
-    raise ValueError(f"predict_proba got shape {tuple(faces.shape)} ({faces.ndim}-D); expected {want}")
+    raise ValueError(f"{name} got shape {tuple(faces.shape)} ({faces.ndim}-D); expected {want}")
   if faces.shape[-1] not in (1, 3):
-    raise ValueError(f"predict_proba got shape {tuple(faces.shape)}: {faces.shape[-1]} channels; expected {want}")
+    raise ValueError(f"{name} got shape {tuple(faces.shape)}: {faces.shape[-1]} channels; expected {want}")
   if faces.shape[0] == 0:
-    raise ValueError(f"predict_proba got an empty batch, shape {tuple(faces.shape)}; expected {want}")
+    raise ValueError(f"{name} got an empty batch, shape {tuple(faces.shape)}; expected {want}")
   if faces.shape[1] < 1 or faces.shape[2] < 1:
-    raise ValueError(f"predict_proba got shape {tuple(faces.shape)} with an empty image side; expected {want}")
+    raise ValueError(f"{name} got shape {tuple(faces.shape)} with an empty image side; expected {want}")
   return np.asarray(faces)
 
 
@@ -167,16 +167,12 @@ class Predictor:
   def default_test_crops(self) -> str:
     return str(self.meta["input"].get("test_crops", "center"))
 
-  def forward(self, variables, x: jax.Array, test_crops: str = "center", output: str = "probs") -> jax.Array:
-    """The differentiable model path: float (B, image_size, image_size, channels) pixels in [0, 255] (already
-    resized and in the model's channels) -> test crops -> normalisation -> model -> the crops' mean logits
-    (``output='logits'``) or their softmax (``'probs'``), float32 (B, classes). Pure and jit-able: what
-    ``predict_proba`` runs after its resize and rounding, and what ``fer_jax.explain`` differentiates and
-    ``fer_jax.export`` converts."""
+  def forward_outputs(self, variables, x: jax.Array, test_crops: str = "center") -> Dict[str, jax.Array]:
+    """Every per-example output of the model (``logits``, and e.g. ``valence_arousal`` for affect heads),
+    float32 and averaged over the test crops: float (B, image_size, image_size, channels) pixels in
+    [0, 255] (already resized and in the model's channels) -> test crops -> normalisation -> model."""
     if test_crops not in TEST_CROPS:
       raise ValueError(f"test_crops={test_crops!r}; expected one of {TEST_CROPS}")
-    if output not in ("probs", "logits"):
-      raise ValueError(f"output={output!r}; expected 'probs' or 'logits'")
     if test_crops == "none" or self.crop >= self.image_size:
       crops = x[:, None]
     else:
@@ -184,7 +180,16 @@ class Predictor:
     b, k = crops.shape[:2]
     flat = preprocess_images(crops.reshape((b * k,) + crops.shape[2:]), self._input_cfg)
     out = self.model.apply(variables, train=False, image=flat)
-    logits = out["logits"].astype(jnp.float32).reshape(b, k, -1).mean(1)
+    return {name: v.astype(jnp.float32).reshape((b, k) + v.shape[1:]).mean(1) for name, v in out.items()
+            if jnp.ndim(v) >= 1 and v.shape[0] == b * k}
+
+  def forward(self, variables, x: jax.Array, test_crops: str = "center", output: str = "probs") -> jax.Array:
+    """The differentiable model path (:meth:`forward_outputs`) -> the crops' mean logits (``output='logits'``)
+    or their softmax (``'probs'``), float32 (B, classes). Pure and jit-able: what ``predict_proba`` runs after
+    its resize and rounding, and what ``fer_jax.explain`` differentiates and ``fer_jax.export`` converts."""
+    if output not in ("probs", "logits"):
+      raise ValueError(f"output={output!r}; expected 'probs' or 'logits'")
+    logits = self.forward_outputs(variables, x, test_crops)["logits"]
     return logits if output == "logits" else jax.nn.softmax(logits, axis=-1)
 
   def to_model_input(self, faces: jax.Array) -> jax.Array:
