@@ -377,6 +377,17 @@ def test_cli_on_fer_pngs_no_detect(tmp_path, predictor, faces, explained, capsys
 
 
 @needs_predict
+def test_cli_keeps_an_earlier_run_unless_overwrite(tmp_path, capsys):
+  from fer_jax.explain import cli
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "regions.csv").write_text("earlier run")
+  rc = cli.main([str(tmp_path), "--out_dir", str(out)])
+  assert rc == 2 and f"{out / 'regions.csv'} exists" in capsys.readouterr().err and "--overwrite" in \
+      cli.build_parser().format_help()
+  assert (out / "regions.csv").read_text() == "earlier run"
+
+
 def test_cli_unknown_class_lists_classes(tmp_path, capsys):
   from fer_jax.explain import cli
   rc = cli.main([str(tmp_path), "--target", "joy", "--align", _align_for_fer(),

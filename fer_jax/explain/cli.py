@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="panel size in the PNGs (default 192)")
   p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N",
                  help="faces per compiled IG call (default 8)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace the regions.csv and PNGs of an earlier run in --out_dir")
   return p
 
 
@@ -205,6 +207,11 @@ def _check_args(args, class_names) -> Optional[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  csv_path = os.path.join(args.out_dir, "regions.csv")
+  if os.path.exists(csv_path) and not args.overwrite:  # before the model loads; nothing is touched
+    print(f"error: {csv_path} exists (an earlier run's results); pass --overwrite to replace them, or "
+          "another --out_dir", file=sys.stderr)
+    return 2
   try:
     from fer_jax import pretrained  # pylint: disable=import-outside-toplevel
     from fer_jax.predict import faces as faces_lib  # pylint: disable=import-outside-toplevel
@@ -225,7 +232,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 2
   files = sources.discover(args.inputs)
   os.makedirs(args.out_dir, exist_ok=True)
-  csv_path = os.path.join(args.out_dir, "regions.csv")
   errors: List[str] = []
   files_ok = 0
   try:

@@ -142,7 +142,8 @@ def main(argv: Optional[list] = None) -> int:
            "--annotate", os.path.join(out, "annotated"), "--overwrite")
   _fer_jax("predict", os.path.join(inputs, "clip.mp4"), "--output", os.path.join(out, "clip.csv"),
            "--annotate", os.path.join(out, "annotated"), "--overwrite")
-  _fer_jax("explain", os.path.join(inputs, "photos"), "--out_dir", os.path.join(out, "explain"))
+  _fer_jax("explain", os.path.join(inputs, "photos"), "--out_dir", os.path.join(out, "explain"),
+           "--overwrite")
   return 0
 
 
