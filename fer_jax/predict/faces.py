@@ -59,8 +59,8 @@ def check_align(align: str) -> str:
 
 def default_detector(min_face_size: int = 20):
   """``fer_jax.detect.MTCNN(min_face_size)``, imported only when detection is first needed. A larger minimum
-  face skips the finest pyramid levels: 40 px ran 1.9x faster than the default 20 on a 720x576 frame (89 vs
-  47 ms, 2-core CPU)."""
+  face skips the finest pyramid levels: 40 px ran 1.8x faster than the default 20 on 720x576 frames (31.4 vs
+  55.8 ms, 2-core CPU, ``benchmarks/mtcnn_speed.py``)."""
   try:
     from fer_jax.detect import MTCNN  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -71,7 +71,8 @@ def default_detector(min_face_size: int = 20):
 
 def detect_batch_size() -> int:
   """Frames per detector call: ``DETECT_BATCH`` on an accelerator; 1 on CPU, where a batch of 8 frames
-  measured slower per frame than single frames (119 vs 81 ms at 720x576 on 2 cores)."""
+  measured slower per frame than single frames (68.0 vs 55.8 ms at 720x576 on 2 cores,
+  ``benchmarks/mtcnn_speed.py``)."""
   import jax  # pylint: disable=import-outside-toplevel
   return min(DETECT_BATCH, DETECT_BATCH_CPU) if jax.default_backend() == "cpu" else DETECT_BATCH
 
