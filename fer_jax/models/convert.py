@@ -28,6 +28,7 @@ and mis-shaped tensor).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
@@ -35,6 +36,19 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 import numpy as np
 
 Params = Dict[str, Any]
+
+
+@dataclasses.dataclass
+class BackboneVariables:
+  """What a BatchNorm backbone's ``PRETRAINED`` importer returns: parameters and running statistics.
+
+  Importers of backbones without BatchNorm return the parameter tree alone. Those with it accept a
+  ``batch_stats`` keyword (the fresh running statistics, as a shape template) and return this, so that
+  ``config.init_weights`` replaces both ``params['backbone']`` and ``batch_stats['backbone']``.
+  """
+
+  params: Params
+  batch_stats: Optional[Params] = None
 
 # (regex on the torch key less '.weight'/'.bias', match -> (our module path, layer kind)).
 _RULES = (

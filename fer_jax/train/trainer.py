@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import os
 import time
@@ -190,13 +191,29 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   weights = convert.load_torch_weights(path)
   _check_finite_weights(weights, path)
   params = jax.device_get(state.params)
-  backbone = registry.PRETRAINED.get(name)(params["backbone"], weights)
+  importer = registry.PRETRAINED.get(name)
+  model_state = jax.device_get(state.model_state)
+  old_stats = dict(model_state.get("batch_stats", {})).get("backbone")
+  if old_stats is not None and "batch_stats" in inspect.signature(importer).parameters:
+    imported = importer(params["backbone"], weights, batch_stats=old_stats)
+  else:
+    imported = importer(params["backbone"], weights)
+  if isinstance(imported, convert.BackboneVariables):
+    backbone, stats = imported.params, imported.batch_stats
+  else:
+    backbone, stats = imported, None
   new = dict(params)
   new["backbone"] = backbone
   new = jax.tree.map(lambda old, v: np.asarray(v, dtype=old.dtype), params, new)
   new = jax.device_put(new, shardings.params)
   ema = jax.tree.map(jnp.copy, new) if config.ema.get("decay", 0.0) else state.ema_params
-  logging.info("Initialised the %s backbone from %s.", name, path)
+  if stats is not None:
+    new_state = dict(model_state)
+    new_state["batch_stats"] = dict(new_state["batch_stats"], backbone=stats)
+    new_state = jax.tree.map(lambda old, v: np.asarray(v, dtype=old.dtype), model_state, new_state)
+    state = state.replace(model_state=jax.device_put(new_state, shardings.model_state))
+  logging.info("Initialised the %s backbone%s from %s.", name,
+               " and its BatchNorm statistics" if stats is not None else "", path)
   return state.replace(params=new, ema_params=ema)
 
 
