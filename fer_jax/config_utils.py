@@ -107,7 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
       name="", import_module=ml_collections.FieldReference(None, field_type=str),
       data_dir=ml_collections.FieldReference(None, field_type=str),
       manual_dir=ml_collections.FieldReference(None, field_type=str), rebuild=False,
-      train_split="train", num_classes=7, image_size=48, image_key="image", label_key="label"))
+      train_split="train", num_classes=7, image_size=48, image_key="image", label_key="label",
+      # a tuple of original class ids: train and evaluate on these only, relabelled classes[i] -> i
+      classes=ml_collections.FieldReference(None, field_type=tuple)))
   c.input = ml_collections.ConfigDict(dict(
       batch_size=128, eval_batch_size=256, resize=48, crop=48, channels=3, rotation=0.0,
       hflip=True, vflip=False, eval_crops="center", num_threads=2, prefetch=4,
@@ -126,7 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0,
-      no_decay_regex="$^"))
+      no_decay_regex="$^",
+      # regex over '/'-joined param paths: zero updates; BN stats of all-frozen modules kept (optim.py)
+      frozen=ml_collections.FieldReference(None, field_type=str)))
   c.schedule = ml_collections.ConfigDict(dict(name="warmup_cosine", warmup_steps=100))
   c.ema = ml_collections.ConfigDict(dict(decay=0.0, every=1, eval_with_ema=True, warmup=False))
   c.num_train_steps = 1000

@@ -100,3 +100,18 @@ def test_masked_padding_rows_do_not_count():
   ref = precision_recall_fscore_support(labels[:250], preds[:250], labels=np.arange(k), zero_division=0)
   for got, want in zip((s["precision"], s["recall"], s["f1"], s["support"]), ref):
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_balanced_accuracy_equals_sklearn_with_an_absent_class():
+  import warnings
+
+  from sklearn.metrics import balanced_accuracy_score
+  rng = np.random.default_rng(3)
+  labels = rng.choice([0, 1, 3, 4], 200, p=[0.6, 0.25, 0.1, 0.05])  # class 2 never a label
+  predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 5, 200))  # 2 is predicted
+  scores = classification.scores_from_confusion(classification.confusion_matrix(labels, predictions, 5))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    want = balanced_accuracy_score(labels, predictions)
+  np.testing.assert_allclose(scores["balanced_accuracy"], want, rtol=1e-12)
+  assert abs(scores["balanced_accuracy"] - scores["accuracy"]) > 0.01  # imbalance makes them differ

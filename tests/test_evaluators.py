@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, precision_recall_fscore_support)
 
 from fer_jax.evaluators.base import EvalSpec, build_evaluators, parse_evals
 from fer_jax.registry import EVALUATORS
@@ -90,9 +90,11 @@ def test_classification_matches_sklearn(tmp_path):
   np.testing.assert_allclose(s["f1"], f1, rtol=1e-12)
   np.testing.assert_array_equal(s["support"], support)
   np.testing.assert_allclose(s["macro_f1"], macro, rtol=1e-12)
+  np.testing.assert_allclose(s["balanced_accuracy"], balanced_accuracy_score(y, p), rtol=1e-12)
 
   scalars = ev.scalars(result)
-  assert set(scalars) == {"accuracy", "macro_f1"} | {f"f1_{n}" for n in CLASS_NAMES}
+  assert set(scalars) == {"accuracy", "macro_f1", "balanced_accuracy"} | {f"f1_{n}" for n in CLASS_NAMES}
+  np.testing.assert_allclose(scalars["balanced_accuracy"], balanced_accuracy_score(y, p), rtol=1e-12)
   np.testing.assert_allclose(scalars["f1_sad"], f1[2], rtol=1e-12)
 
   js = ev.to_json(result)
@@ -100,6 +102,7 @@ def test_classification_matches_sklearn(tmp_path):
   assert js["class_names"] == CLASS_NAMES and js["confusion_matrix"] == cm.tolist()
   np.testing.assert_allclose(js["accuracy"], accuracy_score(y, p), rtol=1e-12)
   np.testing.assert_allclose(js["macro_f1"], macro, rtol=1e-12)
+  np.testing.assert_allclose(js["balanced_accuracy"], balanced_accuracy_score(y, p), rtol=1e-12)
   for i, n in enumerate(CLASS_NAMES):
     row = js["per_class"][n]
     np.testing.assert_allclose([row["precision"], row["recall"], row["f1"]], [precision[i], recall[i], f1[i]],

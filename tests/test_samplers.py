@@ -269,7 +269,8 @@ def test_read_labels():
 
 @pytest.mark.parametrize("spec,match", [
     (dict(name="class_subset"), "classes"),
-    (dict(name="class_subset", classes=[1], order="random"), "order.*'uniform' or 'class_balanced'"),
+    (dict(name="class_subset", classes=[1], order="random"),
+     "order.*'uniform', 'class_balanced' or 'undersample'"),
     (dict(name="class_subset", classes=[1, 1]), "more than once"),
     (dict(name="class_subset", classes=["a"]), "classes"),
     (dict(name="undersample", per_class=0), "per_class"),

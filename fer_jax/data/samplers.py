@@ -414,8 +414,9 @@ class ClassSubset:
   """Only the examples whose label is in ``classes``.
 
   ``relabel``: map ``classes[i] -> i`` (in the order given) in the record's ``label_key`` field.
-  ``order``: 'uniform' (a fresh shuffle of the subset every epoch) or 'class_balanced' (a class of
-  ``classes`` uniformly, then one of its examples; with replacement).
+  ``order``: 'uniform' (a fresh shuffle of the subset every epoch), 'class_balanced' (a class of
+  ``classes`` uniformly, then one of its examples; with replacement: weights 1/count) or 'undersample'
+  (epochs of the smallest subset class's count from each class, as ``undersample``).
   """
 
   classes: Tuple[int, ...] = ()
@@ -432,8 +433,8 @@ class ClassSubset:
       raise ValueError(f"sampler relabel={self.relabel!r}; expected true or false")
     if not isinstance(self.label_key, str) or not self.label_key:
       raise ValueError(f"sampler label_key={self.label_key!r}; expected a record field name")
-    if self.order not in ("uniform", "class_balanced"):
-      raise ValueError(f"sampler order={self.order!r}; expected 'uniform' or 'class_balanced'")
+    if self.order not in ("uniform", "class_balanced", "undersample"):
+      raise ValueError(f"sampler order={self.order!r}; expected 'uniform', 'class_balanced' or 'undersample'")
 
   def dataset(self, source: Any, *, seed: int, labels: Optional[np.ndarray]) -> grain.MapDataset:
     seed = _check_seed(seed)
@@ -445,12 +446,50 @@ class ClassSubset:
     if self.order == "uniform":
       subset = np.sort(np.concatenate([members[c] for c in self.classes]))
       plan: Callable[[int], int] = _ShufflePlan(seed, subset)
+    elif self.order == "undersample":
+      plan = _UndersamplePlan(seed, [members[c] for c in self.classes],
+                              min(len(members[c]) for c in self.classes))
     else:
       plan = _BalancedPlan(seed, [members[c] for c in self.classes], [1.0] * len(self.classes))
     ds = _stream(source, plan, seed)
     if self.relabel:
       ds = ds.map(_Relabel(self.label_key, {c: i for i, c in enumerate(self.classes)}))
     return ds
+
+
+class SubsetSource:
+  """Random-access view of the examples of ``source`` whose label is in ``classes``, in source order,
+  relabelled ``classes[i] -> i`` (evaluation splits of ``config.dataset.classes``)."""
+
+  def __init__(self, source: Any, labels: np.ndarray, classes: Sequence[int], label_key: str = "label"):
+    labels = _check_labels(labels, len(source), "subset")
+    self.classes = _int_tuple(classes, "dataset.classes")
+    self._source = source
+    self._indices = np.flatnonzero(np.isin(labels, self.classes))
+    self._relabel = _Relabel(label_key, {c: i for i, c in enumerate(self.classes)})
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, k: int) -> Dict[str, Any]:
+    return self._relabel.map(self._source[int(self._indices[k])])
+
+  def __repr__(self) -> str:
+    return f"SubsetSource(classes={list(self.classes)}, {len(self)} of {len(self._source)})"
+
+
+_SUBSET_ORDERS = {"uniform": "uniform", "class_balanced": "class_balanced", "undersample": "undersample"}
+
+
+def subset_sampler(spec: Any, classes: Sequence[int], label_key: str = "label") -> "ClassSubset":
+  """The sampler of ``config.dataset.classes``: ``class_subset(classes, relabel=True)`` whose order is
+  the configured ``config.input.sampler`` ('uniform', 'class_balanced' or 'undersample', no options)."""
+  name = "uniform" if spec is None else spec if isinstance(spec, str) else dict(spec.items()).get("name")
+  extra = {} if spec is None or isinstance(spec, str) else {k for k in spec.keys() if k != "name"}
+  if name not in _SUBSET_ORDERS or extra:
+    raise ValueError(f"config.input.sampler={spec!r} with config.dataset.classes={list(classes)}: expected "
+                     f"one of {sorted(_SUBSET_ORDERS)} without options (the subset's training order)")
+  return ClassSubset(classes=tuple(classes), relabel=True, label_key=label_key, order=_SUBSET_ORDERS[name])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``classification``: accuracy, per-class precision / recall / F1, macro-F1, confusion-matrix PNG.
+"""``classification``: accuracy, balanced accuracy, per-class precision / recall / F1, macro-F1,
+confusion-matrix PNG.
 
 Streams ``fer_jax.metrics.classification.ConfusionMatrix`` (a clu ``Metric``) over the task's
 ``predictions`` / ``labels`` / ``mask``.
@@ -38,14 +39,15 @@ class ClassificationEvaluator(Evaluator):
 
   def scalars(self, result):
     s = result["scores"]
-    out = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
+    out = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "balanced_accuracy": s["balanced_accuracy"]}
     out.update({f"f1_{n}": f for n, f in zip(self.class_names, s["f1"])})
     return out
 
   def to_json(self, result):
     s, cm = result["scores"], result["confusion_matrix"]
     return {
-        "accuracy": float(s["accuracy"]), "macro_f1": float(s["macro_f1"]), "summary": self.summary(result),
+        "accuracy": float(s["accuracy"]), "macro_f1": float(s["macro_f1"]),
+        "balanced_accuracy": float(s["balanced_accuracy"]), "summary": self.summary(result),
         "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(k)}
                       for n, p, r, f, k in zip(self.class_names, s["precision"], s["recall"], s["f1"],
                                                s["support"])},

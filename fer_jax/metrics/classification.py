@@ -2,7 +2,9 @@
 
 ``ConfusionMatrix`` is a clu metric: ``from_model_output(predictions, labels, mask)`` per batch, ``merge``
 across batches (and hosts), ``compute()`` a dict with accuracy, per-class precision / recall / F1 and
-macro F1 (the unweighted mean of per-class F1; classes absent from both labels and predictions score 0).
+macro F1 (the unweighted mean of per-class F1; classes absent from both labels and predictions score 0) and
+balanced accuracy (the mean recall over the classes present in the labels, as scikit-learn's
+``balanced_accuracy_score``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def scores_from_confusion(cm: np.ndarray) -> Dict[str, np.ndarray]:
-  """Accuracy, per-class precision / recall / F1 and macro F1 from a confusion matrix."""
+  """Accuracy, balanced accuracy, per-class precision / recall / F1 and macro F1 from a confusion matrix."""
   cm = np.asarray(cm, np.float64)
   tp = np.diag(cm)
   support = cm.sum(1)
@@ -43,6 +45,7 @@ def scores_from_confusion(cm: np.ndarray) -> Dict[str, np.ndarray]:
   return {
       "accuracy": np.float64(tp.sum() / total) if total else np.float64(np.nan),
       "macro_f1": np.float64(f1.mean()),
+      "balanced_accuracy": np.float64(recall[support > 0].mean()) if total else np.float64(np.nan),
       "precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64),
   }
 

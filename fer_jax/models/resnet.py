@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fer_jax.registry import BACKBONES
+from fer_jax.registry import BACKBONES, PRETRAINED
 
 BN_MOMENTUM = 0.9  # flax: new = m * old + (1 - m) * batch  (torch momentum 0.1)
 BN_EPS = 1e-5
@@ -136,3 +136,24 @@ class ResNetBackbone(nn.Module):
 
 
 BACKBONES.register("resnet", ResNetBackbone)
+
+
+def load_pretrained(params: Any, weights: Any, *, batch_stats: Any = None):
+  """``PRETRAINED`` importer of 'resnet': ``weights`` = ``{'params', 'batch_stats'}`` of a fer_jax
+  ``resnet`` backbone (e.g. ``fer_jax.pretrained``'s ``fer2013_resnet_s``, read from msgpack, no torch)
+  -> ``BackboneVariables``; the trees must match ``params`` / ``batch_stats`` (the fresh backbone's)."""
+  from fer_jax.models import convert
+  if not hasattr(weights, "keys") or "params" not in weights:
+    raise ValueError("resnet importer: expected the {'params', 'batch_stats'} of a fer_jax resnet backbone "
+                     f"(a shipped model, config.init_weights='pretrained:NAME'); got keys "
+                     f"{sorted(weights.keys()) if hasattr(weights, 'keys') else type(weights).__name__}")
+  convert.check_tree_against(weights["params"], params, "The pretrained resnet parameters")
+  stats = weights.get("batch_stats")
+  if batch_stats is not None:
+    if stats is None:
+      raise ValueError("resnet importer: the pretrained weights have no batch_stats (BatchNorm statistics)")
+    convert.check_tree_against(stats, batch_stats, "The pretrained resnet batch_stats")
+  return convert.BackboneVariables(params=weights["params"], batch_stats=stats)
+
+
+PRETRAINED.register("resnet", load_pretrained)

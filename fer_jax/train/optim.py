@@ -64,11 +64,60 @@ def _decay_mask(params: Any, no_decay_regex: str) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def frozen_mask(params: Any, frozen: Any) -> Any:
+  """True for the parameters whose '/'-joined path (e.g. ``backbone/stem/conv/kernel``) the regex
+  ``frozen`` (``config.optimizer.frozen``) matches (``re.search``); all False when it is None. A regex
+  matching no parameter is an error."""
+  if frozen is None:
+    return jax.tree.map(lambda _: False, params)
+  if not isinstance(frozen, str) or not frozen:
+    raise ValueError(f"config.optimizer.frozen={frozen!r}; expected None or a regex over parameter paths")
+  try:
+    pattern = re.compile(frozen)
+  except re.error as e:
+    raise ValueError(f"config.optimizer.frozen={frozen!r} is not a valid regex: {e}") from None
+  mask = jax.tree_util.tree_map_with_path(lambda path, _: bool(pattern.search(_path_name(path))), params)
+  if not any(jax.tree.leaves(mask)):
+    names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    raise ValueError(f"config.optimizer.frozen={frozen!r} matches no parameter; paths look like "
+                     f"{names[:3]} ... {names[-2:]}")
+  return mask
+
+
+def frozen_stats_mask(model_state: Any, params_mask: Any) -> Any:
+  """True for the non-param variables (e.g. BatchNorm ``batch_stats``) of modules whose parameters are all
+  frozen: the trainer keeps them unchanged (a linear probe's backbone statistics do not drift)."""
+  flat = {_path_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(params_mask)[0]}
+
+  def keep(path, _):
+    module = _path_name(path[1:-1])  # drop the collection name and the variable name
+    under = [m for k, m in flat.items() if k.startswith(module + "/")]
+    return bool(under) and all(under)
+
+  return jax.tree_util.tree_map_with_path(keep, model_state)
+
+
 def create_optimizer(config: Any, schedule: Schedule) -> optax.GradientTransformation:
   """Gradient clipping -> the named optimizer -> latent-kernel clipping (binarized layers only).
 
-  No weight decay on 1-D params (norms, biases, gammas).
+  No weight decay on 1-D params (norms, biases, gammas). ``optimizer.frozen`` (a regex, see
+  :func:`frozen_mask`): those parameters get zero updates (``optax.multi_transform`` with
+  ``optax.set_to_zero``: no decay, no optimizer state, bit-identical after any number of steps).
   """
+  tx = _create_optimizer(config, schedule)
+  frozen = config.optimizer.get("frozen")
+  if frozen is None:
+    return tx
+  return optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()},
+      lambda p: jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(p, frozen)))
+
+
+def _create_optimizer(config: Any, schedule: Schedule) -> optax.GradientTransformation:
   oc = config.optimizer
   chain = []
   if oc.get("grad_clip_norm"):

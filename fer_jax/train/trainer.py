@@ -136,6 +136,17 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
       decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     d = jnp.where((state.step + 1) % every == 0, decay, 1.0)
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+  frozen = config.optimizer.get("frozen")
+  if frozen is not None:
+    # Frozen parameters (optim.frozen_mask) keep their EMA, and modules whose parameters are all frozen
+    # keep their batch statistics: a linear probe's backbone does not drift. Their forward pass in
+    # training still normalises with the batch's statistics (the model runs in train mode as a whole).
+    mask = optim.frozen_mask(params, frozen)
+    if decay:
+      ema = jax.tree.map(lambda f, e, o: o if f else e, mask, ema, state.ema_params)
+    stats_mask = optim.frozen_stats_mask(new_model_state, mask)
+    new_model_state = jax.tree.map(lambda f, n, o: o if f else n, stats_mask, new_model_state,
+                                   state.model_state)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=new_model_state, ema_params=ema)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -175,8 +186,10 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
 
   The importer is the backbone's entry in ``fer_jax.registry.PRETRAINED`` (timm / official ConvNeXt
   checkpoints for the ConvNeXt and EmoNeXt backbones); ``.safetensors`` or a torch file read with
-  ``weights_only=True`` (nothing is unpickled). The head keeps its fresh initialisation; the EMA copy
-  starts from the loaded weights.
+  ``weights_only=True`` (nothing is unpickled). ``'pretrained:NAME'`` (a ``fer_jax.pretrained`` model)
+  or the path of a shipped-model ``.json`` takes the backbone (params and BatchNorm statistics) of our own
+  msgpack model, without torch; its backbone config must match ``config.model.backbone``. The head keeps
+  its fresh initialisation; the EMA copy starts from the loaded weights.
   """
   path = config.get("init_weights")
   if not path:
@@ -185,11 +198,14 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   if name not in registry.PRETRAINED:
     raise ValueError(f"config.init_weights is given but backbone {name!r} has no pretrained-weight "
                      f"importer; backbones with one: {registry.PRETRAINED.names()}")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config.init_weights={path!r} does not exist")
   from fer_jax.models import convert
-  weights = convert.load_torch_weights(path)
-  _check_finite_weights(weights, path)
+  if path.startswith("pretrained:") or path.endswith(".json"):
+    weights = _shipped_backbone_weights(path, config)
+  else:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.init_weights={path!r} does not exist")
+    weights = convert.load_torch_weights(path)
+    _check_finite_weights(weights, path)
   params = jax.device_get(state.params)
   importer = registry.PRETRAINED.get(name)
   model_state = jax.device_get(state.model_state)
@@ -215,6 +231,33 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   logging.info("Initialised the %s backbone%s from %s.", name,
                " and its BatchNorm statistics" if stats is not None else "", path)
   return state.replace(params=new, ema_params=ema)
+
+
+def _backbone_arch(spec) -> Any:
+  spec = dict(spec)
+  module = composite.build_backbone(spec)
+  if hasattr(module, "resolved"):  # named sizes and explicit fields describe the same network
+    return (spec.get("name"), module.resolved())
+  return spec
+
+
+def _shipped_backbone_weights(path: str, config) -> Dict[str, Any]:
+  """``{'params', 'batch_stats'}`` of the backbone of a ``fer_jax.pretrained`` model (name or .json)."""
+  from fer_jax import pretrained
+  name = path[len("pretrained:"):] if path.startswith("pretrained:") else path
+  meta_path, weights_path = pretrained._resolve(name)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  ours = config.model.backbone
+  theirs, ours = dict(meta["model"]["backbone"]), (ours.to_dict() if hasattr(ours, "to_dict") else dict(ours))
+  if _backbone_arch(theirs) != _backbone_arch(ours):
+    raise ValueError(f"config.init_weights={path!r}: the shipped model's backbone {theirs} differs from "
+                     f"config.model.backbone={ours}")
+  variables = pretrained.read_variables(weights_path, meta.get("sha256"))
+  out = {"params": variables["params"]["backbone"]}
+  if "backbone" in variables.get("batch_stats", {}):
+    out["batch_stats"] = variables["batch_stats"]["backbone"]
+  return out
 
 
 def _check_finite_weights(weights, path: str) -> None:
@@ -270,6 +313,28 @@ def _check_batch_sizes(config) -> None:
       raise ValueError(f"config.input.{name}={bs} is not divisible by the {n_dev} devices")
 
 
+def _check_classes(config, task, builder):
+  """``config.dataset.classes`` as a tuple (None when unset); renames the task's classes to those of the
+  subset. ``dataset.num_classes`` must be its length."""
+  classes = config.dataset.get("classes")
+  if classes is None:
+    return None
+  if not getattr(task, "label_field", None):
+    raise ValueError(f"config.dataset.classes={classes!r}: task {task.name!r} has no class labels")
+  classes = tuple(int(c) for c in classes)
+  if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+    raise ValueError(f"config.dataset.classes={list(classes)}; expected distinct class ids >= 0")
+  if int(config.dataset.num_classes) != len(classes):
+    raise ValueError(f"config.dataset.num_classes={config.dataset.num_classes} but config.dataset.classes="
+                     f"{list(classes)} has {len(classes)} classes; set num_classes={len(classes)}")
+  feature = builder.info.features[task.fields()[task.label_field].key]
+  names = list(getattr(feature, "names", None) or [])
+  if names and max(classes) >= len(names):
+    raise ValueError(f"config.dataset.classes={list(classes)}: the dataset has {len(names)} classes {names}")
+  task.class_names = [names[c] if names else str(c) for c in classes]
+  return classes
+
+
 def _split_name(split: str) -> str:
   """'validation[:64]' -> 'validation' (TFDS slicing syntax)."""
   return split.split("[")[0]
@@ -290,6 +355,7 @@ class Experiment:
                                        manual_dir=ds.get("manual_dir"), rebuild=ds.get("rebuild", False))
     self.task = get_task(config)
     self.task.bind(self.builder)
+    self.classes = _check_classes(config, self.task, self.builder)
     self.aug = pipeline.aug_from_config(config.input)
     self.model = create_model(config)
     self.task.bind_model(self.model.input_names)
@@ -300,7 +366,20 @@ class Experiment:
         continue
       self.source(spec.split)  # an unknown split fails now, not after training
       self.evaluators.append((spec, evaluator))
-    self.sampler = samplers.from_config(config.input.get("sampler"))
+    if self.classes is None:
+      self.sampler = samplers.from_config(config.input.get("sampler"))
+    else:
+      self.sampler = samplers.subset_sampler(config.input.get("sampler"), self.classes, self._label_key())
+
+  def _label_key(self) -> str:
+    return self.task.fields()[self.task.label_field].key
+
+  def subset(self, source):
+    """``source`` restricted to ``config.dataset.classes`` (relabelled), or ``source`` itself."""
+    if self.classes is None:
+      return source
+    return samplers.SubsetSource(source, samplers.read_labels(source, self._label_key()), self.classes,
+                                 self._label_key())
 
   def source(self, split: str):
     if _split_name(split) not in self.builder.info.splits:
@@ -311,7 +390,7 @@ class Experiment:
   def eval_dataset(self, split: str):
     c = self.config
     return self.task.eval_dataset(
-        self.source(split), self.aug, batch_size=c.input.eval_batch_size // jax.process_count(),
+        self.subset(self.source(split)), self.aug, batch_size=c.input.eval_batch_size // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_threads=c.input.get("num_threads", 2))
 
@@ -421,6 +500,11 @@ def _train_and_evaluate(config, workdir: str, signals) -> Dict[str, Any]:
   state, state_shardings = create_train_state(c, exp.model, tx, init_rng, exp.mesh, exp.task, train_source)
   state = load_init_weights(state, c, state_shardings)
   n_params = param_count(state.params)
+  if c.optimizer.get("frozen") is not None:
+    mask = optim.frozen_mask(state.params, c.optimizer.frozen)
+    n_frozen = sum(int(np.size(p)) for p, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if f)
+    logging.info("optimizer.frozen=%r: %s parameters trainable, %s frozen.", c.optimizer.frozen,
+                 f"{n_params - n_frozen:,}", f"{n_frozen:,}")
   logging.info("Task %s, model %s + %s: %s parameters; mesh %s; %d train steps of global batch %d.",
                exp.task.name, c.model.backbone.name, c.model.head.name, f"{n_params:,}",
                dict(exp.mesh.shape), num_train_steps, c.input.batch_size)
