@@ -33,8 +33,8 @@ iresnet100 | resnet_fer_s, the shipped FER2013 ResNet on 48-px grey faces), ``pa
 classes), ``classes`` (8 or 7: AffectNet ids 0-7 or 0-6), ``head`` (arcface = ``cosine`` head + ``arcface``
 loss; softmax = ``linear`` head + cross-entropy), ``s`` (ArcFace scale), ``m`` (ArcFace additive angular
 margin, radians), ``easy_margin`` (margin only where cos > 0; default False = the theta + m > pi fallback
-cos - m sin m), ``probe`` (linear probe: the backbone and its BatchNorm statistics frozen; default
-fine-tune), ``sampler`` (weighted | undersample | uniform), ``res`` (112 or 224), ``aligned``
+cos - m sin m), ``probe`` (linear probe: the backbone frozen and run as at inference, BatchNorm on its running
+statistics, no gradient through it; default fine-tune), ``sampler`` (weighted | undersample | uniform), ``res`` (112 or 224), ``aligned``
 (landmark-aligned 112-px crops instead of the box crop), ``epochs`` (default 40) or ``steps``, ``batch``
 (default 256), ``lr`` (default 1e-4), ``wd`` (default 5e-4), ``seed``, ``runlocal`` (a few steps on a slice).
 """
@@ -96,8 +96,9 @@ def apply_model_options(c, arg, class_names, test_split: str) -> None:
     c.model.head = dict(name="linear", num_outputs=len(ids))
     c.loss = dict(ce=dict(weight=1.0))
   c.input.sampler = dict(name=SAMPLERS[arg.sampler])
-  if arg.probe:
-    c.optimizer.frozen = "^backbone/"  # regex over '/'-joined param paths; BN statistics frozen too
+  if arg.probe:  # the backbone runs as at inference (running BN statistics), no update touches it
+    c.model.backbone_frozen = True
+    c.optimizer.frozen = "^backbone/"
   # Read by fer_jax.pairwise.sweep / report (the trainer ignores it).
   c.pairwise = dict(pair=pairs_lib.pair_name(ids) if arg.pair else "", num_classes=len(class_names),
                     class_names=tuple(class_names), test_split=test_split, head=arg.head)

@@ -83,3 +83,46 @@ def test_regex_matching_nothing_is_named():
     optim.frozen_mask({"backbone": {"w": np.ones(1)}}, "^encoder/")
   with pytest.raises(ValueError, match="not a valid regex"):
     optim.frozen_mask({"backbone": {"w": np.ones(1)}}, "([")
+
+
+def test_backbone_frozen_is_a_linear_probe_on_inference_features():
+  """``model.backbone_frozen``: one SGD step of the head equals logistic regression's closed-form gradient
+  step on the features of the network in inference mode (running BatchNorm statistics)."""
+  c = _config("^backbone/")
+  c.model.backbone_frozen = True
+  c.optimizer.update(name="sgd", momentum=0.0, weight_decay=0.0, grad_clip_norm=0.0, lr=0.5)
+  c.ema.decay = 0.0
+  model = trainer.create_model(c)
+  tx = optim.create_optimizer(c, optim.create_schedule(c, 10))
+  state, _ = trainer.create_train_state(c, model, tx, jax.random.key(0), sharding.create_mesh(c.mesh))
+  # Running statistics far from a batch's own: train-mode BN would give other features.
+  stats = jax.tree.map(lambda v: v + 0.7, state.model_state)
+  state = state.replace(model_state=stats)
+  task = trainer.get_task(c)
+  task.bind_model(model.input_names)
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)),
+           "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
+  new, metrics = trainer.train_step(state, batch, jax.random.key(1), model=model, tx=tx, config=c, task=task)
+  assert bool(metrics["finite"])
+  variables = {"params": state.params, **state.model_state}
+  inputs = task.model_inputs(task.preprocess(batch), model.input_names)
+  x = np.asarray(model.apply(variables, train=False, **inputs)["features"],
+                 np.float64)
+  w = np.asarray(state.params["head"]["dense"]["kernel"], np.float64)
+  b = np.asarray(state.params["head"]["dense"]["bias"], np.float64)
+  z = x @ w + b
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  d = (p - np.eye(3)[np.asarray(batch["label"])]) / len(x)  # d(mean CE)/dz
+  np.testing.assert_allclose(new.params["head"]["dense"]["kernel"], w - 0.5 * x.T @ d, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new.params["head"]["dense"]["bias"], b - 0.5 * d.sum(0), rtol=1e-4, atol=1e-6)
+  assert _equal(state.params["backbone"], new.params["backbone"])
+  assert _equal(state.model_state, new.model_state)
+
+
+def test_backbone_frozen_must_be_a_bool():
+  c = _config(None)
+  c.model.backbone_frozen = "yes"
+  with pytest.raises(ValueError, match=r"backbone_frozen='yes'; expected True or False"):
+    trainer.create_model(c)

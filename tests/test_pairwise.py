@@ -171,9 +171,10 @@ def test_config_pair_heads_and_options():
   assert c.init_weights == "pretrained:fer2013_resnet_s" and c.model.backbone.size == "fer_s"
   assert c.input.channels == 1 and c.input.crop == 44 and c.pairwise.test_split == "validation"
   assert c.pairwise.class_names[5:7] == ("disgust", "fear") and c.input.sampler.name == "class_balanced"
-  assert c.optimizer.get("frozen") is None
+  assert c.optimizer.get("frozen") is None and not c.model.get("backbone_frozen", False)
   c = _load(FERPLUS, "pair=0-7,head=softmax,probe,sampler=undersample,steps=10")
   assert c.model.head.name == "linear" and list(c.loss) == ["ce"] and c.optimizer.frozen == "^backbone/"
+  assert c.model.backbone_frozen is True
   assert c.input.sampler.name == "undersample" and c.num_train_steps == 10
   c = _load(FERPLUS, "s=30,m=0.3,easy_margin")
   assert tuple(c.dataset.classes) == tuple(range(8)) and c.model.head.num_outputs == 8
@@ -266,7 +267,7 @@ def test_sweep_resumes_and_reports(tmp_path, capsys):
   assert rows[0].startswith("pair,class_i,class_j,n_train_i")
   assert rows[1].startswith("0-1,neutral,happiness,100,101")
   models = json.load(open(os.path.join(workdir, "ovo.json")))["models"]
-  single = models["single 8-class model"]
+  single = models["single 8-class model (steps of one pair model)"]
   assert single["accuracy"] == 1.0
   ovo = models["one-vs-one (28 pair models)"]
   # Class-5 images that 4-5 / 3-5 / ... models get wrong lose votes; the voting reference decides.
@@ -288,8 +289,15 @@ def test_sweep_subset_total_budget_and_errors(tmp_path):
   out = sweep.run_sweep(FERPLUS + ":steps=7", workdir, pairs=[(3, 5), (0, 1)], single=True,
                         single_budget="total", train_fn=fake.train, score_fn=fake.score, count_fn=fake.count,
                         log=lambda s: None)
-  assert fake.trained == [("pair_3-5", 7), ("pair_0-1", 7), ("single", 28 * 7)]
+  assert fake.trained == [("pair_3-5", 7), ("pair_0-1", 7), ("single_total", 28 * 7)]
   assert out["report"]["finished"] == 2 and "one-vs-one (28 pair models)" not in out["report"]["models"]
+  both = _Fake()
+  rep = sweep.run_sweep(FERPLUS + ":steps=3", str(tmp_path / "both"), pairs=[(0, 1)], single=True,
+                        single_budget="both", train_fn=both.train, score_fn=both.score, count_fn=both.count,
+                        log=lambda s: None)["report"]
+  assert both.trained == [("pair_0-1", 3), ("single", 3), ("single_total", 28 * 3)]
+  assert sorted(rep["models"]) == ["single 8-class model (steps of all pair models)",
+                                   "single 8-class model (steps of one pair model)"]
   with pytest.raises(ValueError, match="sets pair; the sweep sets pair=i-j itself"):
     sweep.config_for(FERPLUS + ":pair=0-1", None)
   with pytest.raises(ValueError, match="holds a sweep of --config="):
@@ -342,6 +350,6 @@ def test_real_sweep_on_toy_classes(tmp_path, head):
   d = report.load_npz(os.path.join(workdir, "pair_0-2", "margins.npz"))
   assert d["labels"].shape == (48,) and set(d["labels"].tolist()) == {0, 1, 2}  # class 3 dropped
   ovo = rep["models"]["one-vs-one (3 pair models)"]
-  assert ovo["accuracy"] > 0.8 and "single 3-class model" in rep["models"]
+  assert ovo["accuracy"] > 0.8 and "single 3-class model (steps of one pair model)" in rep["models"]
   again = sweep.run_sweep(f"{path}:head={head}", workdir, single=True, log=print)
   assert again["trained"] == [] and len(again["skipped"]) == 4

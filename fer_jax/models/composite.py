@@ -10,6 +10,11 @@ Configs name both parts::
 
     config.model = dict(backbone=dict(name='convnext', size='atto', stem_patch_size=2),
                         head=dict(name='linear', num_outputs=7))
+
+``backbone_frozen=True`` (a linear probe) runs the backbone as at inference in training too (BatchNorm on its
+running statistics, no dropout or drop path) and stops the gradient at its outputs, so a training step costs
+a forward pass of the backbone; pair it with ``config.optimizer.frozen='^backbone/'`` so that no update
+(weight decay included) touches the backbone's parameters.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Model(nn.Module):
 
   backbone: nn.Module
   head: nn.Module
+  backbone_frozen: bool = False
 
   @property
   def input_names(self) -> Tuple[str, ...]:
@@ -50,7 +56,10 @@ class Model(nn.Module):
         raise TypeError(f"{type(self.backbone).__name__} expects float inputs; input {k!r} has dtype "
                         f"{jnp.dtype(dtype).name} (raw pixels 0..255?). Preprocess with "
                         "fer_jax.train.preprocess.preprocess_images first.")
-    outputs = dict(self.backbone(**{k: inputs[k] for k in self.input_names}, train=train))
+    backbone_train = train and not self.backbone_frozen
+    outputs = dict(self.backbone(**{k: inputs[k] for k in self.input_names}, train=backbone_train))
+    if self.backbone_frozen:
+      outputs = jax.lax.stop_gradient(outputs)
     head_out = self.head(outputs, train=train)
     clash = set(head_out) & set(outputs)
     if clash:
@@ -79,8 +88,12 @@ def build_model(model_config: Mapping[str, Any], dtype: Optional[Any] = None) ->
     if part not in model_config:
       raise ValueError(f"config.model has no {part!r} section; it has {sorted(model_config)} "
                        "(expected model=dict(backbone=dict(name=...), head=dict(name=...)))")
-  extra = set(model_config) - {"backbone", "head"}
+  extra = set(model_config) - {"backbone", "head", "backbone_frozen"}
   if extra:
-    raise ValueError(f"config.model has unknown field(s) {sorted(extra)}; expected 'backbone' and 'head'")
+    raise ValueError(f"config.model has unknown field(s) {sorted(extra)}; expected 'backbone', 'head' and "
+                     "optionally 'backbone_frozen'")
+  frozen = model_config.get("backbone_frozen", False)
+  if not isinstance(frozen, bool):
+    raise ValueError(f"config.model.backbone_frozen={frozen!r}; expected True or False")
   return Model(backbone=build_backbone(model_config["backbone"], dtype),
-               head=build_head(model_config["head"], dtype, name=None))
+               head=build_head(model_config["head"], dtype, name=None), backbone_frozen=frozen)

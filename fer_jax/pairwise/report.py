@@ -2,7 +2,7 @@
 
     python -m fer_jax.pairwise.report --workdir=runs/pairs_ferplus
 
-Reads ``sweep.json`` and each ``pair_i-j/margins.npz`` (and ``single/scores.npz``) the sweep wrote, and
+Reads ``sweep.json`` and each ``pair_i-j/margins.npz`` (and ``single*/scores.npz``) the sweep wrote, and
 writes beside them:
 
 * ``pairs.csv`` / ``pairs.md``: pair, class names, training images per class, test images per class,
@@ -11,7 +11,8 @@ writes beside them:
   pair's value, diagonal and unfinished pairs blank;
 * ``ovo.json``, ``ovo_confusion.png``: one-vs-one voting of the finished pair models over the whole test
   split (``fer_jax.pairwise.voting``), only when every pair has finished;
-* ``comparison.md``: OvO vs the single K-class model: accuracy, macro-F1, per-class recall.
+* ``comparison.md``: OvO vs the single K-class models (``single``: the steps of one pair model;
+  ``single_total``: the steps of all pair models): accuracy, macro-F1, per-class recall.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from fer_jax.pairwise.pairs import Pair
 
 SWEEP_FILE = "sweep.json"
 MARGINS_FILE = "margins.npz"
-SINGLE_DIR = "single"
+# The single K-class models by budget: their sub-dirs and the names of their columns in the comparison.
+SINGLE_DIRS = {"per_model": "single", "total": "single_total"}
+SINGLE_TITLES = {"single": "steps of one pair model", "single_total": "steps of all pair models"}
 SCORES_FILE = "scores.npz"
 
 
@@ -196,17 +199,21 @@ def build_report(workdir: str) -> Dict[str, Any]:
       write_heatmap(pair_matrix(values, k), names, os.path.join(workdir, f"pair_{key}.png"),
                     f"{title} ({sweep.get('test_split', 'test')}, {len(values)}/{len(pairs)} pairs)")
   models: Dict[str, Dict[str, Any]] = {}
+  scored: Dict[str, np.ndarray] = {}  # the test labels each model saw (they must be the same)
   if done and len(done) == len(pairs) == len(pairs_lib.all_pairs(k)):
-    labels = _same_labels({pairs_lib.pair_name(p): d["labels"] for p, d in done.items()})
+    labels = scored["pair models"] = _same_labels({pairs_lib.pair_name(p): d["labels"] for p, d in done.items()})
     margins = np.stack([done[p]["margins"] for p in pairs], axis=1)
     models["one-vs-one (28 pair models)" if k == 8 else f"one-vs-one ({len(pairs)} pair models)"] = \
         classification_summary(labels, voting.ovo_predict(margins, pairs, k), names)
-  single_path = os.path.join(workdir, SINGLE_DIR, SCORES_FILE)
-  if os.path.exists(single_path):
-    s = load_npz(single_path)
-    models[f"single {k}-class model"] = classification_summary(s["labels"], np.argmax(s["scores"], 1), names)
-    if len(models) == 2:
-      _same_labels({"pairs": labels, "single": s["labels"]})
+  for sub, title in SINGLE_TITLES.items():
+    single_path = os.path.join(workdir, sub, SCORES_FILE)
+    if os.path.exists(single_path):
+      s = load_npz(single_path)
+      scored[sub] = s["labels"]
+      models[f"single {k}-class model ({title})"] = classification_summary(s["labels"], np.argmax(s["scores"], 1),
+                                                                           names)
+  if len(scored) > 1:
+    _same_labels(scored)
   for name, summary in models.items():
     if name.startswith("one-vs-one"):
       from fer_jax.train import plots

@@ -1,7 +1,7 @@
 r"""The pairwise sweep: every pair of classes as a two-class model, one after the other, resumable.
 
     python -m fer_jax.pairwise.sweep --config=experiments/pairwise_ferplus.py[:options] \
-        --workdir=runs/pairs_ferplus [--pairs=0-1,3-5] [--single] [--single_budget=per_model|total]
+        --workdir=runs/pairs_ferplus [--pairs=0-1,3-5] [--single] [--single_budget=per_model|total|both]
 
 For each pair (i, j) (all K (K - 1) / 2 of the config's classes, or those of ``--pairs``) the config file's
 ``get_config`` is called with ``pair=i-j`` added to the options and the model is trained by the shared
@@ -10,10 +10,10 @@ finished model then scores the whole, all-class test split (``config.pairwise.te
 ``pair_i-j/margins.npz`` gets the per-image margins ``score_j - score_i`` (logit difference of a softmax
 head, cosine difference of an ArcFace head) and labels. A pair whose ``margins.npz`` exists is skipped, so
 rerunning the command after a kill redoes nothing finished. ``--single`` also trains the single K-class model
-(the config without ``pair``) in ``WORKDIR/single``; its budget: ``per_model`` (default) = the same steps as
-each pair model (the paper's protocol: every model gets the full recipe), ``total`` = the pair models' steps
-summed (equal total compute). At the end ``fer_jax.pairwise.report`` writes the pair table, the heat maps
-and one-vs-one voting vs the single model.
+(the config without ``pair``); its budget: ``per_model`` (default; in ``WORKDIR/single``) = the same steps as
+each pair model (the paper's protocol: every model gets the full recipe), ``total`` (in
+``WORKDIR/single_total``) = the pair models' steps summed (equal total compute), ``both`` = the two. At the end
+``fer_jax.pairwise.report`` writes the pair table, the heat maps and one-vs-one voting vs the single models.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fer_jax.pairwise import pairs as pairs_lib
 from fer_jax.pairwise import report
 from fer_jax.pairwise.pairs import Pair
 
-BUDGETS = ("per_model", "total")
+BUDGETS = ("per_model", "total", "both")
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], Dict[str, Any]]
 ScoreFn = Callable[[ml_collections.ConfigDict, str], Tuple[np.ndarray, np.ndarray]]
@@ -197,12 +197,12 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
   total_steps = 0
   jobs: List[Tuple[str, Optional[Pair]]] = [(pairs_lib.pair_dirname(p), p) for p in todo]
   if single:
-    jobs.append((report.SINGLE_DIR, None))
+    jobs += [(report.SINGLE_DIRS[b], None) for b in ("per_model", "total") if single_budget in (b, "both")]
   for n, (name, pair) in enumerate(jobs, 1):
     sub = os.path.join(workdir, name)
     done_file = os.path.join(sub, report.MARGINS_FILE if pair else report.SCORES_FILE)
     what = (f"pair {pairs_lib.pair_name(pair)} ({pairs_lib.pair_label(pair, class_names)})" if pair
-            else f"single {k}-class model")
+            else f"single {k}-class model ({report.SINGLE_TITLES[name]})")
     config = config_for(spec, pair)
     if pair is not None:
       total_steps += int(config.num_train_steps or 0)
@@ -210,7 +210,7 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
       out["skipped"].append(name)
       log(f"[{n}/{len(jobs)}] {what}: finished earlier, skipped ({done_file})")
       continue
-    if pair is None and single_budget == "total":
+    if name == report.SINGLE_DIRS["total"]:
       steps = _all_pair_steps(spec, k)
       config.num_train_steps, config.num_epochs = steps, 0.0
     t = time.time()
@@ -241,7 +241,7 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
 
 
 def _is_done(workdir: str, name: str) -> bool:
-  f = report.SCORES_FILE if name == report.SINGLE_DIR else report.MARGINS_FILE
+  f = report.SCORES_FILE if name in report.SINGLE_TITLES else report.MARGINS_FILE
   return os.path.exists(os.path.join(workdir, name, f))
 
 
@@ -257,7 +257,8 @@ def main(argv=None) -> int:
   parser.add_argument("--pairs", default="all", help="pairs to train now, e.g. '0-1,3-5' (default: all)")
   parser.add_argument("--single", action="store_true", help="also train the single K-class model")
   parser.add_argument("--single_budget", default="per_model", choices=BUDGETS,
-                      help="single model steps: per_model = one pair model's; total = all pairs' summed")
+                      help="single model steps: per_model = one pair model's; total = all pairs' summed; "
+                      "both = the two models")
   args = parser.parse_args(argv)
   from absl import logging
   logging.set_verbosity(logging.INFO)

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -335,6 +336,16 @@ def _check_classes(config, task, builder):
   return classes
 
 
+def _clamp_split(split: str, num_examples: int) -> str:
+  """'test[:32]' of a 16-example split -> 'test' (TFDS refuses a slice longer than its split; ``runlocal``
+  asks for the first few batches' worth of every evaluation split, whatever its size)."""
+  m = re.fullmatch(r"([^\[]+)\[:(\d+)\]", split)
+  if m and int(m.group(2)) > num_examples:
+    logging.info("Split %s: the split has %d examples; reading all of them.", split, num_examples)
+    return m.group(1)
+  return split
+
+
 def _split_name(split: str) -> str:
   """'validation[:64]' -> 'validation' (TFDS slicing syntax)."""
   return split.split("[")[0]
@@ -385,7 +396,8 @@ class Experiment:
     if _split_name(split) not in self.builder.info.splits:
       raise ValueError(f"Dataset {self.config.dataset.name!r} has no split {split!r}; "
                        f"it has {sorted(self.builder.info.splits)}")
-    return self.builder.as_data_source(split=split)
+    num_examples = self.builder.info.splits[_split_name(split)].num_examples
+    return self.builder.as_data_source(split=_clamp_split(split, num_examples))
 
   def eval_dataset(self, split: str):
     c = self.config
