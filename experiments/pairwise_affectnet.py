@@ -15,10 +15,11 @@ One pair on a TPU VM (AffectNet is a manual download: see tfds_builders/affectne
         --config.dataset.manual_dir=~/data/affectnet \
         --config.init_weights=~/weights/resnext50_32x4d.safetensors --workdir=gs://BUCKET/pair_4-5
 
-Recipe (the author's related code, PAPERS.md): 112x112 faces (``res=224`` for the 224-px build),
-ImageNet normalisation, Adam lr 1e-4, weight decay 5e-4, batch 256, 40 epochs, gradient clipping at 1.0.
-Differences: optax's AdamW decays the weights decoupled from the gradient (torch's Adam(weight_decay) adds
-5e-4 * w to the gradient); constant learning rate (the paper gives no schedule). Each pair is balanced by
+Recipe (the author's related code, PAPERS.md): 112x112 faces (``res=224`` for the 224-px build), ImageNet
+normalisation (the iResNets: insightface's (x - 127.5) / 127.5, as they were trained), Adam lr 1e-4 with
+torch's coupled weight decay 5e-4 (L2 added to the clipped gradient: ``optimizer.name='adam'``), batch 256,
+40 epochs, gradient clipping at 1.0. Differences: no decay of 1-D parameters (biases, BN scales; the house
+rule); constant learning rate (the paper gives no schedule). Each pair is balanced by
 its sampler: ``weighted`` = 1/count weights (``class_balanced``), ``undersample`` = equal under-sampling.
 Test split = AffectNet's official validation set (as the literature reports it); validation = a by-image
 hash slice of the training set (the affectnet builder).
@@ -45,6 +46,8 @@ from fer_jax.pairwise import pairs as pairs_lib
 CLASS_NAMES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# insightface's arcface_torch normalises faces as (x - 127.5) / 127.5: its iResNets expect that.
+FACE_ID_MEAN = FACE_ID_STD = (0.5, 0.5, 0.5)
 # option -> (registered backbone and its kwargs, input resolution it needs or None)
 BACKBONES = {
     "resnext50": (dict(name="resnext", size="resnext50_32x4d"), None),
@@ -122,12 +125,13 @@ def get_config(arg=None):
     c.input.update(resize=48, crop=44, channels=1, per_image_standardization=True, rotation=10.0)
     c.init_weights = "pretrained:fer2013_resnet_s"
   else:
-    c.input.update(resize=arg.res, crop=arg.res, channels=3, rotation=10.0, mean=IMAGENET_MEAN,
-                   std=IMAGENET_STD)
+    face_id = arg.backbone.startswith("iresnet")
+    c.input.update(resize=arg.res, crop=arg.res, channels=3, rotation=10.0,
+                   mean=FACE_ID_MEAN if face_id else IMAGENET_MEAN, std=FACE_ID_STD if face_id else IMAGENET_STD)
   c.input.update(batch_size=arg.batch, eval_batch_size=256, hflip=True, eval_crops="center")
   c.model.backbone = dict(backbone)
   apply_model_options(c, arg, CLASS_NAMES[:arg.classes], "test")
-  c.optimizer.update(name="adamw", lr=arg.lr, weight_decay=arg.wd, grad_clip_norm=1.0)
+  c.optimizer.update(name="adam", lr=arg.lr, weight_decay=arg.wd, grad_clip_norm=1.0)
   c.schedule.update(name="constant", warmup_steps=0)
   c.num_train_steps = arg.steps
   c.num_epochs = 0.0 if arg.steps else (arg.epochs or 40.0)

@@ -40,6 +40,8 @@ SMALLEST: Dict[str, Tuple[Dict[str, Any], Dict[str, tuple], Dict[str, tuple]]] =
                               {"features": (2, 3, 8)}),
     "resnet": (dict(stem_widths=(4,), stem_strides=(2,), widths=(8, 12), depths=(1, 2)),
                {"image": (2, 32, 32, 1)}, {"features": (2, 12)}),
+    "iresnet": (dict(depths=(1, 1), widths=(4, 8), input_size=16, embedding_size=6), {"image": (2, 16, 16, 3)},
+                {"features": (2, 6)}),
 }
 
 

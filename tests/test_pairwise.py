@@ -181,7 +181,8 @@ def test_config_pair_heads_and_options():
   assert dict(c.loss.arcface) == dict(weight=1.0, scale=30.0, m2=0.3, easy_margin=True)
   c = _load(AFFECTNET, "backbone=iresnet100,pair=4-5,classes=7")
   assert c.dataset.name == "affectnet/expr7_112" and c.model.backbone.name == "iresnet"
-  assert c.input.mean == (0.485, 0.456, 0.406) and c.optimizer.lr == 1e-4 and c.optimizer.weight_decay == 5e-4
+  assert c.input.mean == (0.5, 0.5, 0.5) and c.optimizer.lr == 1e-4 and c.optimizer.weight_decay == 5e-4
+  assert c.optimizer.name == "adam" and _load(AFFECTNET, "backbone=resnext50").input.mean == (0.485, 0.456, 0.406)
   assert c.input.batch_size == 256 and c.num_epochs == 40 and c.optimizer.grad_clip_norm == 1.0
   assert _load(AFFECTNET, "res=224,backbone=efficientnet_b2").dataset.name == "affectnet/expr8_224"
   assert _load(AFFECTNET, "aligned").dataset.name == "affectnet/expr8_112_aligned"

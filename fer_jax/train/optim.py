@@ -128,7 +128,12 @@ def _create_optimizer(config: Any, schedule: Schedule) -> optax.GradientTransfor
                              eps=oc.get("eps", 1e-8), weight_decay=oc.get("weight_decay", 0.0),
                              mask=lambda p: _decay_mask(p, oc.get("no_decay_regex", "$^"))))
   elif name == "adam":
-    chain.append(optax.adam(schedule, b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999)))
+    # torch.optim.Adam(weight_decay=wd): L2 added to the gradient (after clipping) before the moments,
+    # unlike adamw's decoupled decay.
+    if oc.get("weight_decay"):
+      chain.append(optax.add_decayed_weights(
+          oc.weight_decay, mask=lambda p: _decay_mask(p, oc.get("no_decay_regex", "$^"))))
+    chain.append(optax.adam(schedule, b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999), eps=oc.get("eps", 1e-8)))
   elif name == "sgd":
     chain.append(optax.sgd(schedule, momentum=oc.get("momentum", 0.9), nesterov=oc.get("nesterov", False)))
     if oc.get("weight_decay"):
