@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import re
@@ -96,6 +97,43 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str],
 
 RUNLOCAL_STEPS = 4
 RUNLOCAL_BATCH = 8
+
+
+def apply_overrides(config: ml_collections.ConfigDict, argv: Sequence[str],
+                    flag: str = "config") -> ml_collections.ConfigDict:
+  """Sets every ``--config.a.b=value`` of ``argv`` in ``config`` (in place; returned) as absl's config flags
+  do: strings (and fields typed str) raw, booleans true / false, anything else a Python literal. An unknown
+  field or an unparsable value raises ``ValueError`` naming the flag."""
+  errors = check_overrides(config, argv, flag)
+  if errors:
+    raise ValueError("; ".join(errors))
+  pattern = re.compile(rf"^--?{flag}\.([^=]+)=(.*)$")
+  for a in argv:
+    m = pattern.match(a)
+    if not m:
+      if re.match(rf"^--?{flag}\.", a):
+        raise ValueError(f"{a}: expected --{flag}.FIELD=VALUE")
+      continue
+    *parents, leaf = m.group(1).split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    raw, old = m.group(2), node[leaf]
+    field_type = node.get_type(leaf) if isinstance(node, ml_collections.ConfigDict) else type(old)
+    if field_type is str or isinstance(old, str):
+      value: Any = raw
+    elif field_type is bool:
+      value = _convert(raw, False, f"--{flag}.{m.group(1)}")
+    else:
+      try:
+        value = ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        raise ValueError(f"{a}: {raw!r} is not a Python literal (the field holds {old!r})") from None
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ValueError(f"{a}: {e}") from None
+  return config
 
 
 def base_config() -> ml_collections.ConfigDict:

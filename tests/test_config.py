@@ -54,3 +54,27 @@ def test_runlocal_is_the_same_few_steps_everywhere():
                                                                       config_utils.RUNLOCAL_BATCH), spec
     assert all(e.every_steps == 0 and e.split.endswith(f"[:{4 * config_utils.RUNLOCAL_BATCH}]")
                for e in c.evals.values()), spec
+
+
+def test_apply_overrides_types_like_absl_config_flags():
+  c = config_utils.base_config()
+  c.dataset.classes = (1, 2)
+  config_utils.apply_overrides(c, [
+      "--config.optimizer.lr=3e-4", "--config.dataset.manual_dir=~/data/affectnet", "--config.input.hflip=false",
+      "--config.num_train_steps=12", "--config.input.mean=(0.5, 0.5, 0.5)", "--config.dataset.name=1",
+      "--config.dataset.classes=(3, 4)", "--workdir=x", "--config.optimizer.frozen=^backbone/"])
+  assert c.optimizer.lr == 3e-4 and c.dataset.manual_dir == "~/data/affectnet" and c.input.hflip is False
+  assert c.num_train_steps == 12 and c.input.mean == (0.5, 0.5, 0.5) and c.dataset.name == "1"
+  assert c.dataset.classes == (3, 4) and c.optimizer.frozen == "^backbone/"
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("--config.optimizer.lrr=1", r"no field 'optimizer.lrr' \(did you mean 'optimizer.lr'\?\)"),
+    ("--config.num_train_steps=ten", r"--config.num_train_steps=ten: 'ten' is not a Python literal"),
+    ("--config.input.hflip=maybe", r"expected a boolean"),
+    ("--config.num_train_steps=1.5", r"--config.num_train_steps=1.5: .*"),
+    ("--config.optimizer.lr", r"--config.optimizer.lr: expected --config.FIELD=VALUE"),
+])
+def test_apply_overrides_errors_name_the_flag(arg, match):
+  with pytest.raises(ValueError, match=match):
+    config_utils.apply_overrides(config_utils.base_config(), [arg])

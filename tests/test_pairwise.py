@@ -299,6 +299,16 @@ def test_sweep_subset_total_budget_and_errors(tmp_path):
   assert both.trained == [("pair_0-1", 3), ("single", 3), ("single_total", 28 * 3)]
   assert sorted(rep["models"]) == ["single 8-class model (steps of all pair models)",
                                    "single 8-class model (steps of one pair model)"]
+  seen = []
+  over = _Fake()
+  over_train = over.train
+  over.train = lambda config, wd: (seen.append((config.optimizer.lr, config.dataset.manual_dir)),
+                                   over_train(config, wd))[1]
+  sweep.run_sweep(FERPLUS, str(tmp_path / "over"), pairs=[(2, 3)], single=True, train_fn=over.train,
+                  score_fn=over.score, count_fn=over.count, log=lambda s: None,
+                  overrides=["--config.optimizer.lr=0.25", "--config.dataset.manual_dir=/elsewhere"])
+  assert seen == [(0.25, "/elsewhere")] * 2  # the pair model and the single model
+  assert sweep.main(["--config=" + FERPLUS, "--workdir=" + str(tmp_path / "o2"), "--config.optimizer.lrr=1"]) == 2
   with pytest.raises(ValueError, match="sets pair; the sweep sets pair=i-j itself"):
     sweep.config_for(FERPLUS + ":pair=0-1", None)
   with pytest.raises(ValueError, match="holds a sweep of --config="):

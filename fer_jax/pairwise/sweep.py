@@ -50,8 +50,9 @@ def split_spec(spec: str) -> Tuple[str, str]:
   return path, arg
 
 
-def config_for(spec: str, pair: Optional[Pair]) -> ml_collections.ConfigDict:
-  """The config of one pair model (``pair=i-j`` added to the options), or of the single model (None)."""
+def config_for(spec: str, pair: Optional[Pair], overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of one pair model (``pair=i-j`` added to the options), or of the single model (None), with
+  the ``--config.FIELD=VALUE`` ``overrides`` applied (``config_utils.apply_overrides``)."""
   path, arg = split_spec(spec)
   keys = [item.partition("=")[0].strip() for item in arg.split(",") if item.strip()]
   if "pair" in keys:
@@ -60,6 +61,7 @@ def config_for(spec: str, pair: Optional[Pair]) -> ml_collections.ConfigDict:
   if pair is not None:
     arg = ",".join(filter(None, [arg, f"pair={pairs_lib.pair_name(pair)}"]))
   config = module.get_config(arg) if arg else module.get_config()
+  config_utils.apply_overrides(config, overrides)
   if "pairwise" not in config:
     raise ValueError(f"{path} has no config.pairwise section (num_classes, test_split, class_names); "
                      "derive it from experiments/pairwise_affectnet.py")
@@ -158,7 +160,7 @@ def _write_sweep_file(workdir: str, spec: str, config, class_names, train_counts
 def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, single: bool = False,
               single_budget: str = "per_model", train_fn: Optional[TrainFn] = None,
               score_fn: Optional[ScoreFn] = None, count_fn: Optional[CountFn] = None,
-              log: Callable[[str], None] = print) -> Dict[str, Any]:
+              log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> Dict[str, Any]:
   """Trains the pairs not finished yet (then the single model), scores them, writes the report.
 
   ``train_fn`` / ``score_fn`` / ``count_fn`` default to the trainer's ``train_and_evaluate``,
@@ -172,7 +174,7 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
     train_fn = trainer.train_and_evaluate
   score_fn = score_fn or score_test_split
   count_fn = count_fn or count_train_labels
-  base = config_for(spec, None)
+  base = config_for(spec, None, overrides)
   k = int(base.pairwise.num_classes)
   class_names = list(base.pairwise.class_names)
   if len(class_names) != k:
@@ -203,7 +205,7 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
     done_file = os.path.join(sub, report.MARGINS_FILE if pair else report.SCORES_FILE)
     what = (f"pair {pairs_lib.pair_name(pair)} ({pairs_lib.pair_label(pair, class_names)})" if pair
             else f"single {k}-class model ({report.SINGLE_TITLES[name]})")
-    config = config_for(spec, pair)
+    config = config_for(spec, pair, overrides)
     if pair is not None:
       total_steps += int(config.num_train_steps or 0)
     if os.path.exists(done_file):
@@ -211,7 +213,7 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
       log(f"[{n}/{len(jobs)}] {what}: finished earlier, skipped ({done_file})")
       continue
     if name == report.SINGLE_DIRS["total"]:
-      steps = _all_pair_steps(spec, k)
+      steps = _all_pair_steps(spec, k, overrides)
       config.num_train_steps, config.num_epochs = steps, 0.0
     t = time.time()
     log(f"[{n}/{len(jobs)}] {what}: training in {sub}")
@@ -245,12 +247,28 @@ def _is_done(workdir: str, name: str) -> bool:
   return os.path.exists(os.path.join(workdir, name, f))
 
 
-def _all_pair_steps(spec: str, k: int) -> int:
-  return int(sum(int(config_for(spec, p).num_train_steps or 0) for p in pairs_lib.all_pairs(k)))
+def _all_pair_steps(spec: str, k: int, overrides: Sequence[str]) -> int:
+  return int(sum(int(config_for(spec, p, overrides).num_train_steps or 0) for p in pairs_lib.all_pairs(k)))
+
+
+EPILOG = """\
+examples:
+  fer-jax pairwise --config=experiments/pairwise_ferplus.py --workdir=runs/pairs_ferplus --single \\
+      --single_budget=both
+  fer-jax pairwise --config=experiments/pairwise_affectnet.py:backbone=iresnet100 --workdir=runs/pairs_affn \\
+      --config.dataset.manual_dir=~/data/affectnet --config.init_weights=~/weights/ms1mv3_r100.pth --single
+
+Rerun the same command after a kill or Ctrl-C: finished pairs are skipped, an unfinished one resumes from its
+checkpoint. Outputs (in --workdir): pairs.csv / pairs.md, pair_accuracy.png, pair_balanced_accuracy.png,
+ovo.json, ovo_confusion.png, comparison.md (python -m fer_jax.pairwise.report rewrites them at any time).
+"""
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  """``fer-jax pairwise`` / ``python -m fer_jax.pairwise.sweep``; returns the exit status."""
+  parser = argparse.ArgumentParser(prog="fer-jax pairwise", description=__doc__.split("\n\n")[0],
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
   parser.add_argument("--config", required=True, help="experiment file[:options] with a config.pairwise "
                       "section, e.g. experiments/pairwise_ferplus.py:head=softmax")
   parser.add_argument("--workdir", required=True, help="the sweep's directory (one sub-dir per pair)")
@@ -259,16 +277,23 @@ def main(argv=None) -> int:
   parser.add_argument("--single_budget", default="per_model", choices=BUDGETS,
                       help="single model steps: per_model = one pair model's; total = all pairs' summed; "
                       "both = the two models")
-  args = parser.parse_args(argv)
+  parser.add_argument("--config.FIELD=VALUE", dest="_overrides", metavar="", default=None,
+                      help="override a field of every model's config, e.g. --config.dataset.manual_dir=DIR "
+                      "(an unknown field fails at once, naming it)")
+  args, rest = parser.parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.")]
+  if len(overrides) != len(rest):
+    parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
   from absl import logging
   logging.set_verbosity(logging.INFO)
   try:
-    base = config_for(args.config, None)
+    base = config_for(args.config, None, overrides)
     pairs = pairs_lib.parse_pairs(args.pairs, int(base.pairwise.num_classes))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  out = run_sweep(args.config, args.workdir, pairs, single=args.single, single_budget=args.single_budget)
+  out = run_sweep(args.config, args.workdir, pairs, single=args.single, single_budget=args.single_budget,
+                  overrides=overrides)
   if "preempted" in out:
     return 1
   rep = out["report"]

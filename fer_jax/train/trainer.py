@@ -195,6 +195,7 @@ def load_init_weights(state: TrainState, config, shardings) -> TrainState:
   path = config.get("init_weights")
   if not path:
     return state
+  path = os.path.expanduser(path)
   name = config.model.backbone.name
   if name not in registry.PRETRAINED:
     raise ValueError(f"config.init_weights is given but backbone {name!r} has no pretrained-weight "
