@@ -197,7 +197,7 @@ def build_report(workdir: str) -> Dict[str, Any]:
     values = {pairs_lib.parse_pair(r["pair"], k): r[key] for r in results}
     if values:
       write_heatmap(pair_matrix(values, k), names, os.path.join(workdir, f"pair_{key}.png"),
-                    f"{title} ({sweep.get('test_split', 'test')}, {len(values)}/{len(pairs)} pairs)")
+                    f"{title} ({_test_name(sweep)}, {len(values)}/{len(pairs)} pairs)")
   models: Dict[str, Dict[str, Any]] = {}
   scored: Dict[str, np.ndarray] = {}  # the test labels each model saw (they must be the same)
   if done and len(done) == len(pairs) == len(pairs_lib.all_pairs(k)):
@@ -218,7 +218,7 @@ def build_report(workdir: str) -> Dict[str, Any]:
     if name.startswith("one-vs-one"):
       from fer_jax.train import plots
       fig = plots.confusion_matrix_figure(np.asarray(summary["confusion_matrix"]), names,
-                                          f"one-vs-one voting ({sweep.get('test_split', 'test')})")
+                                          f"one-vs-one voting ({_test_name(sweep)})")
       fig.savefig(os.path.join(workdir, "ovo_confusion.png"))
       import matplotlib.pyplot as plt
       plt.close(fig)
@@ -232,6 +232,12 @@ def build_report(workdir: str) -> Dict[str, Any]:
     json.dump({"finished": out["finished"], "pairs": out["pairs"], "budget": sweep.get("budget"),
                "test_split": sweep.get("test_split"), "models": models}, f, indent=2)
   return out
+
+
+def _test_name(sweep: Mapping[str, Any]) -> str:
+  """'fer2013/ferplus: validation' (the dataset, when the sweep recorded it, and the scored split)."""
+  split = sweep.get("test_split", "test")
+  return f"{sweep['dataset']}: {split}" if sweep.get("dataset") else split
 
 
 def _same_labels(labels: Mapping[str, np.ndarray]) -> np.ndarray:

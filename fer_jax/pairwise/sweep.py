@@ -144,7 +144,8 @@ def _write_sweep_file(workdir: str, spec: str, config, class_names, train_counts
   k = int(config.pairwise.num_classes)
   meta = {"config": spec, "class_names": list(class_names), "num_classes": k,
           "pairs": [pairs_lib.pair_name(p) for p in pairs_lib.all_pairs(k)],
-          "test_split": str(config.pairwise.test_split), "head": str(config.pairwise.get("head", "")),
+          "test_split": str(config.pairwise.test_split), "dataset": str(config.dataset.name),
+          "head": str(config.pairwise.get("head", "")),
           "train_counts": train_counts, "budget": budget}
   path = os.path.join(workdir, report.SWEEP_FILE)
   if os.path.exists(path):
