@@ -261,7 +261,8 @@ def test_sweep_resumes_and_reports(tmp_path, capsys):
   n3 = (fake.labels == 3).sum()
   assert by_pair["3-5"]["balanced_accuracy"] == pytest.approx((1 + 1 - wrong5 / n5) / 2)
   assert by_pair["3-5"]["accuracy"] == pytest.approx(1 - wrong5 / (n3 + n5))
-  for f in ("pairs.csv", "pairs.md", "pair_accuracy.png", "ovo.json", "ovo_confusion.png", "comparison.md"):
+  for f in ("pairs.csv", "pairs.md", "pair_accuracy.png", "ovo.json", "ovo_confusion.png", "comparison.md",
+            "single_confusion.png"):
     assert os.path.exists(os.path.join(workdir, f)), f
   with open(os.path.join(workdir, "pairs.csv")) as f:
     rows = f.read().splitlines()
@@ -364,3 +365,29 @@ def test_real_sweep_on_toy_classes(tmp_path, head):
   assert ovo["accuracy"] > 0.8 and "single 3-class model (steps of one pair model)" in rep["models"]
   again = sweep.run_sweep(f"{path}:head={head}", workdir, single=True, log=print)
   assert again["trained"] == [] and len(again["skipped"]) == 4
+
+
+def test_sweep_of_one_affectnet_pair_through_the_trainer(tmp_path):
+  """One real pair model of experiments/pairwise_affectnet.py (the shipped grey ResNet on the generated
+  AffectNet files, 4 steps) through the sweep: it scores every test image of all 8 classes, in the builder's
+  order; a rerun trains nothing."""
+  manual = ROOT / "tfds_builders" / "affectnet" / "dummy_data" / "official"
+  overrides = [f"--config.dataset.manual_dir={manual}", f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+  spec = AFFECTNET + ":runlocal,backbone=resnet_fer_s"
+  workdir = str(tmp_path / "sweep")
+  out = sweep.run_sweep(spec, workdir, pairs=[(4, 5)], log=print, overrides=overrides)
+  assert out["trained"] == ["pair_4-5"]
+  d = report.load_npz(os.path.join(workdir, "pair_4-5", "margins.npz"))
+  from fer_jax.data import samplers, sources
+  builder = sources.get_builder("affectnet/expr8_112", data_dir=str(tmp_path / "tfds"))
+  labels = samplers.read_labels(builder.as_data_source(split="test"), "label")
+  np.testing.assert_array_equal(d["labels"], labels)
+  assert set(labels.tolist()) == set(range(8)) and d["scores"].shape == (len(labels), 2)
+  np.testing.assert_allclose(d["margins"], d["scores"][:, 1] - d["scores"][:, 0])
+  assert np.all(np.abs(d["scores"]) <= 1.0 + 1e-5)  # an ArcFace head scores cosines
+  with open(os.path.join(workdir, "train_counts.json")) as f:
+    counts = json.load(f)
+  train = samplers.read_labels(builder.as_data_source(split="train"), "label")
+  assert counts == np.bincount(train, minlength=8).tolist()
+  again = sweep.run_sweep(spec, workdir, pairs=[(4, 5)], log=print, overrides=overrides)
+  assert again["trained"] == [] and again["skipped"] == ["pair_4-5"]

@@ -10,7 +10,8 @@ writes beside them:
 * ``pair_accuracy.png`` (and ``pair_balanced_accuracy.png``): the K x K heat map, cell (i, j) = (j, i) = the
   pair's value, diagonal and unfinished pairs blank;
 * ``ovo.json``, ``ovo_confusion.png``: one-vs-one voting of the finished pair models over the whole test
-  split (``fer_jax.pairwise.voting``), only when every pair has finished;
+  split (``fer_jax.pairwise.voting``), only when every pair has finished; ``single_confusion.png`` /
+  ``single_total_confusion.png`` for the single models;
 * ``comparison.md``: OvO vs the single K-class models (``single``: the steps of one pair model;
   ``single_total``: the steps of all pair models): accuracy, macro-F1, per-class recall.
 """
@@ -199,29 +200,31 @@ def build_report(workdir: str) -> Dict[str, Any]:
       write_heatmap(pair_matrix(values, k), names, os.path.join(workdir, f"pair_{key}.png"),
                     f"{title} ({_test_name(sweep)}, {len(values)}/{len(pairs)} pairs)")
   models: Dict[str, Dict[str, Any]] = {}
+  pictures: Dict[str, str] = {}  # model name -> its confusion-matrix PNG
   scored: Dict[str, np.ndarray] = {}  # the test labels each model saw (they must be the same)
   if done and len(done) == len(pairs) == len(pairs_lib.all_pairs(k)):
     labels = scored["pair models"] = _same_labels({pairs_lib.pair_name(p): d["labels"] for p, d in done.items()})
     margins = np.stack([done[p]["margins"] for p in pairs], axis=1)
-    models["one-vs-one (28 pair models)" if k == 8 else f"one-vs-one ({len(pairs)} pair models)"] = \
-        classification_summary(labels, voting.ovo_predict(margins, pairs, k), names)
+    name = f"one-vs-one ({len(pairs)} pair models)"
+    models[name] = classification_summary(labels, voting.ovo_predict(margins, pairs, k), names)
+    pictures[name] = "ovo_confusion.png"
   for sub, title in SINGLE_TITLES.items():
     single_path = os.path.join(workdir, sub, SCORES_FILE)
     if os.path.exists(single_path):
       s = load_npz(single_path)
       scored[sub] = s["labels"]
-      models[f"single {k}-class model ({title})"] = classification_summary(s["labels"], np.argmax(s["scores"], 1),
-                                                                           names)
+      name = f"single {k}-class model ({title})"
+      models[name] = classification_summary(s["labels"], np.argmax(s["scores"], 1), names)
+      pictures[name] = f"{sub}_confusion.png"
   if len(scored) > 1:
     _same_labels(scored)
-  for name, summary in models.items():
-    if name.startswith("one-vs-one"):
-      from fer_jax.train import plots
-      fig = plots.confusion_matrix_figure(np.asarray(summary["confusion_matrix"]), names,
-                                          f"one-vs-one voting ({_test_name(sweep)})")
-      fig.savefig(os.path.join(workdir, "ovo_confusion.png"))
-      import matplotlib.pyplot as plt
-      plt.close(fig)
+  for name, png in pictures.items():
+    from fer_jax.train import plots
+    import matplotlib.pyplot as plt
+    fig = plots.confusion_matrix_figure(np.asarray(models[name]["confusion_matrix"]), names,
+                                        f"{name} ({_test_name(sweep)})")
+    fig.savefig(os.path.join(workdir, png))
+    plt.close(fig)
   out["models"] = models
   if models:
     text = comparison_markdown(models, names)
