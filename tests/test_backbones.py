@@ -42,6 +42,8 @@ SMALLEST: Dict[str, Tuple[Dict[str, Any], Dict[str, tuple], Dict[str, tuple]]] =
                {"image": (2, 32, 32, 1)}, {"features": (2, 12)}),
     "iresnet": (dict(depths=(1, 1), widths=(4, 8), input_size=16, embedding_size=6), {"image": (2, 16, 16, 3)},
                 {"features": (2, 6)}),
+    "resnext": (dict(block="bottleneck", depths=(1, 1), widths=(8, 16), groups=4, base_width=16, stem_width=8),
+                {"image": (2, 32, 32, 3)}, {"features": (2, 64)}),
 }
 
 

@@ -66,6 +66,10 @@ _EMX = dict(family="emonext", smoke_shape=(64, 64, 3),
 _EMX_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 _SMALL_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 
+_RX = dict(family="resnext", reference=_TIMM, smoke_kwargs={"num_classes": 7})
+_RX_CUSTOM = dict(block="bottleneck", depths=(1, 1, 2, 1), widths=(16, 32, 64, 128), groups=8, base_width=16,
+                  num_classes=8)
+
 EXPECTED: Dict[str, Spec] = {
     "convnext": Spec(convnext_param_count(**_SMALL_CUSTOM), family="convnext",
                      reference="closed form (convnext_param_count)",
@@ -97,6 +101,17 @@ EXPECTED: Dict[str, Spec] = {
     "inception_resnet_deep": Spec(20_966_914, **_IRN),
     # (T, H, W, C): the LSTM model takes clips.
     "inception_resnet_lstm": Spec(12_761_730, **{**_IRN, "input_shape": (2, 75, 75, 3)}),
+    "resnet18": Spec(11_689_512, **_RX),
+    "resnet34": Spec(21_797_672, **_RX),
+    "resnet50": Spec(25_557_032, **_RX),
+    "resnet101": Spec(44_549_160, **_RX),
+    "resnext50_32x4d": Spec(25_028_904, **_RX),
+    "resnext101_32x8d": Spec(88_791_336, **_RX),
+    "resnext101_64x4d": Spec(83_455_272, **_RX),
+    "wide_resnet50_2": Spec(68_883_240, **_RX),
+    "resnext": Spec(636_360, family="resnext", count_kwargs=_RX_CUSTOM,
+                    reference="timm ResNet(Bottleneck, [1, 1, 2, 1], cardinality=8, base_width=16, "
+                              "channels=(16, 32, 64, 128), num_classes=8), sum(p.numel())"),
 }
 
 REGISTERED = list_models()
