@@ -275,3 +275,160 @@ def test_convnext_gradients_identical_across_impls():
   assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(ref)
   for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
     _close(g, r, 1e-4)
+
+
+# ----------------------------------------------------------------------------- strides and padding
+# EfficientNet's depthwise convs: 3x3 / 5x5, stride 1 or 2, symmetric padding k // 2 (timm's non-tf_
+# models). The references below index (1) of the module docstring directly.
+
+
+def np_depthwise_strided(x, k, s, pads):
+  """(y, taps) of (1) by direct loops; taps = every (oh, ow, i, j, ih, iw) that reads the input."""
+  (sh, sw), ((pt, pb), (pl, pr)) = s, pads
+  _, h, w, _ = x.shape
+  kh, kw = k.shape[:2]
+  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+  taps = [(oh, ow, i, j, sh * oh + i - pt, sw * ow + j - pl)
+          for oh in range(ho) for ow in range(wo) for i in range(kh) for j in range(kw)
+          if 0 <= sh * oh + i - pt < h and 0 <= sw * ow + j - pl < w]
+  y = np.zeros((x.shape[0], ho, wo, x.shape[3]), np.float64)
+  for oh, ow, i, j, ih, iw in taps:
+    y[:, oh, ow, :] += x[:, ih, iw, :] * k[i, j, 0, :]
+  return y, taps
+
+
+def np_depthwise_strided_grads(x, k, g, taps):
+  dx, dk = np.zeros(x.shape, np.float64), np.zeros(k.shape, np.float64)
+  for oh, ow, i, j, ih, iw in taps:
+    dx[:, ih, iw, :] += g[:, oh, ow, :] * k[i, j, 0, :]
+    dk[i, j, 0, :] += np.sum(x[:, ih, iw, :] * g[:, oh, ow, :], axis=0)
+  return dx, dk
+
+
+def test_strided_numpy_reference_hand_computed():
+  # 4x4 ramp, 3x3 ones kernel, stride 2, padding 1: outputs centred on (0,0), (0,2), (2,0), (2,2).
+  x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
+  y, _ = np_depthwise_strided(x, np.ones((3, 3, 1, 1)), (2, 2), ((1, 1), (1, 1)))
+  np.testing.assert_array_equal(y[0, :, :, 0], [[0 + 1 + 4 + 5, 1 + 2 + 3 + 5 + 6 + 7],
+                                                [4 + 5 + 8 + 9 + 12 + 13, 5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15]])
+
+
+def test_padding_normalisation():
+  norm = depthwise._normalize_padding
+  # XLA 'SAME' at stride 2 on an even size pads (0, 1); timm's EfficientNet pads (1, 1) (padding=1).
+  assert norm("SAME", (56, 56), (3, 3), (2, 2)) == ((0, 1), (0, 1))
+  assert norm("SAME", (7, 8), (5, 5), (2, 2)) == ((2, 2), (1, 2))
+  assert norm("same", (16, 16), (7, 7), (1, 1)) == ((3, 3), (3, 3))
+  assert norm(2, (9, 9), (5, 5), (2, 2)) == ((2, 2), (2, 2))
+  assert norm("VALID", (9, 9), (5, 5), (1, 1)) == ((0, 0), (0, 0))
+  assert norm(((0, 2), (1, 0)), (9, 9), (5, 5), (1, 1)) == ((0, 2), (1, 0))
+  # Strided tap ranges: stride-2 outputs 0..2 of a length-5 input, pad 1: every tap reads the input;
+  # on a length-1 input with 2 outputs, tap 0 only ever reads padding.
+  assert depthwise._tap_range(3, 5, 1, 3, 2) == (0, 3, 1, 1)
+  assert depthwise._tap_range(3, 1, 1, 1, 2) == (1, 2, 0, 0)
+  assert depthwise._tap_range(1, 1, 1, 2, 2) == (0, 0, 1, 0)  # no useful tap
+
+
+STRIDED_CASES = [
+    # (x shape, kernel, strides, padding)
+    ((2, 8, 8, 3), (3, 3), 2, 1),              # EfficientNet k3 / 2, even size
+    ((2, 7, 9, 2), (5, 5), 2, 2),              # k5 / 2, odd sizes
+    ((1, 4, 4, 3), (5, 5), 2, 2),              # every output reaches into the padding
+    ((1, 1, 1, 2), (3, 3), 2, 1),              # 1x1 input
+    ((2, 6, 5, 2), (3, 3), 2, "SAME"),         # XLA 'SAME' at stride 2 (asymmetric)
+    ((2, 7, 7, 2), (3, 5), (2, 1), ((0, 2), (1, 3))),
+    ((1, 9, 8, 2), (5, 5), 3, 2),              # stride 3
+    ((2, 6, 6, 2), (4, 2), 2, "VALID"),        # even kernel
+    ((1, 5, 5, 2), (1, 1), 2, 0),              # kernel smaller than the stride
+    ((2, 6, 7, 2), (3, 3), 1, 1),              # stride 1 with explicit padding
+    ((1, 5, 6, 2), (3, 3), 1, ((2, 0), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("impl,shape,ksize,strides,padding",
+                         [(impl, *case) for impl in ("xla", "shift") for case in STRIDED_CASES]
+                         + [("shift_ad", *STRIDED_CASES[i]) for i in (1, 5, 6)])
+def test_strided_and_padded_match_numpy_loops(impl, shape, ksize, strides, padding):
+  x, k, _ = _data(shape, ksize, seed=11)
+  s, pads = depthwise._check_inputs(x, k, strides, padding)
+  xn, kn = np.asarray(x, np.float64), np.asarray(k, np.float64)
+  y_ref, taps = np_depthwise_strided(xn, kn, s, pads)
+  g = jax.random.normal(jax.random.key(12), y_ref.shape)
+  fn = jax.jit(lambda x, k: IMPLEMENTATIONS[impl](x, k, strides, padding))
+  y, dx, dk = _vjp(fn, x, k, g)
+  dx_ref, dk_ref = np_depthwise_strided_grads(xn, kn, np.asarray(g, np.float64), taps)
+  assert y.shape == y_ref.shape
+  _close(y, y_ref, 1e-5)
+  _close(dx, dx_ref, 1e-5)
+  _close(dk, dk_ref, 1e-5)
+
+
+@pytest.mark.parametrize("shape,ksize,strides,padding", [
+    ((4, 16, 16, 8), (3, 3), 2, 1),   # several kernel-gradient scan steps, batch chunks
+    ((2, 14, 14, 16), (5, 5), 2, 2),
+    ((3, 11, 13, 8), (5, 5), 2, 2),   # output rows not a multiple of the rows per scan step
+])
+def test_strided_shift_matches_xla_forward_and_gradients(shape, ksize, strides, padding):
+  x, k, g0 = _data(shape, ksize, seed=13)
+  ref = lambda x, k: depthwise.depthwise_conv2d_xla(x, k, strides, padding)  # noqa: E731
+  y_ref, pull = jax.vjp(ref, x, k)
+  g = jax.random.normal(jax.random.key(14), y_ref.shape)
+  dx_ref, dk_ref = pull(g)
+  y, dx, dk = _vjp(jax.jit(lambda x, k: depthwise.depthwise_conv2d_shift(x, k, strides, padding)), x, k, g)
+  _close(y, y_ref, 1e-5)
+  _close(dx, dx_ref, 1e-5)
+  _close(dk, dk_ref, 1e-5)
+
+
+def test_strided_bfloat16_and_vmap():
+  x, k, _ = _data((2, 8, 8, 4), (3, 3), dtype=jnp.bfloat16, seed=15)
+  y, pull = jax.vjp(lambda x, k: depthwise.depthwise_conv2d_shift(x, k, 2, 1), x, k)
+  dx, dk = pull(jnp.ones_like(y))
+  assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16 and y.shape == (2, 4, 4, 4)
+  xn, kn = (np.asarray(a.astype(jnp.float32), np.float64) for a in (x, k))
+  y_ref, taps = np_depthwise_strided(xn, kn, (2, 2), ((1, 1), (1, 1)))
+  dx_ref, dk_ref = np_depthwise_strided_grads(xn, kn, np.ones(y_ref.shape), taps)
+  _close(y, y_ref, 2e-2)
+  _close(dx, dx_ref, 2e-2)
+  _close(dk, dk_ref, 2e-2)
+  xs = jax.random.normal(jax.random.key(16), (3, 2, 7, 6, 4))
+  ks = jax.random.normal(jax.random.key(17), (3, 5, 5, 1, 4))
+  ys = jax.jit(jax.vmap(lambda x, k: depthwise.depthwise_conv2d_shift(x, k, 2, 2)))(xs, ks)
+  for n in range(3):
+    _close(ys[n], depthwise.depthwise_conv2d_xla(xs[n], ks[n], 2, 2), 1e-5)
+
+
+def test_strided_module_matches_nn_conv_with_torch_padding():
+  """DepthwiseConv(strides=2, padding=k // 2) == nn.Conv(strides=2, padding=k // 2, groups=C) (same
+  parameters) for every impl, values and parameter gradients."""
+  x = jax.random.normal(jax.random.key(18), (2, 10, 9, 6))
+  conv = nn.Conv(6, (5, 5), strides=2, padding=2, feature_group_count=6)
+  variables = conv.init(jax.random.key(19), x)
+  y_ref = conv.apply(variables, x)
+  g_ref = jax.grad(lambda p: jnp.sum(conv.apply({"params": p}, x) ** 2))(variables["params"])
+  for impl in IMPLS:
+    m = DepthwiseConv(kernel_size=(5, 5), strides=2, padding=2, impl=impl)
+    assert jax.tree_util.tree_map(jnp.shape, m.init(jax.random.key(0), x)) == \
+        jax.tree_util.tree_map(jnp.shape, variables)
+    _close(jax.jit(m.apply)(variables, x), y_ref, 1e-5)
+    g = jax.jit(jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, x) ** 2)))(variables["params"])
+    _close(g["kernel"], g_ref["kernel"], 1e-5)
+    _close(g["bias"], g_ref["bias"], 1e-5)
+
+
+def test_bad_strides_and_padding_raise_clear_errors():
+  x, k = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 1, 2))
+  for fn in IMPLEMENTATIONS.values():
+    with pytest.raises(ValueError, match=r"strides must be a positive int or a pair of them, got 0"):
+      fn(x, k, 0)
+    with pytest.raises(ValueError, match=r"strides must be .*got \(2, 2, 2\)"):
+      fn(x, k, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"padding must be 'SAME', 'VALID', an int >= 0 or .*got 'FULL'"):
+      fn(x, k, 1, "FULL")
+    with pytest.raises(ValueError, match=r"padding must be .*got -1"):
+      fn(x, k, 1, -1)
+    with pytest.raises(ValueError, match=r"padding must be .*got \(\(1, 1\),\)"):
+      fn(x, k, 1, ((1, 1),))
+    with pytest.raises(ValueError, match=r"input \(2, 2\) padded by \(\(0, 0\), \(0, 0\)\) is smaller than the "
+                                         r"kernel \(3, 3\)"):
+      fn(jnp.ones((1, 2, 2, 2)), k, 1, "VALID")

@@ -66,6 +66,7 @@ _EMX = dict(family="emonext", smoke_shape=(64, 64, 3),
 _EMX_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 _SMALL_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_size=2, num_classes=8)
 
+_EFF = dict(family="efficientnet", reference=_TIMM, stochastic_kwargs={"drop_rate": 0.5, "drop_path_rate": 0.5})
 _RX = dict(family="resnext", reference=_TIMM, smoke_kwargs={"num_classes": 7})
 _RX_CUSTOM = dict(block="bottleneck", depths=(1, 1, 2, 1), widths=(16, 32, 64, 128), groups=8, base_width=16,
                   num_classes=8)
@@ -101,6 +102,14 @@ EXPECTED: Dict[str, Spec] = {
     "inception_resnet_deep": Spec(20_966_914, **_IRN),
     # (T, H, W, C): the LSTM model takes clips.
     "inception_resnet_lstm": Spec(12_761_730, **{**_IRN, "input_shape": (2, 75, 75, 3)}),
+    "efficientnet_b0": Spec(5_288_548, **_EFF),
+    "efficientnet_b1": Spec(7_794_184, **_EFF),
+    "efficientnet_b2": Spec(9_109_994, **_EFF),
+    "efficientnet_b3": Spec(12_233_232, **_EFF),
+    "efficientnet_b4": Spec(19_341_616, **_EFF),
+    "efficientnet_b5": Spec(30_389_784, **_EFF),
+    "efficientnet_b6": Spec(43_040_704, **_EFF),
+    "efficientnet_b7": Spec(66_347_960, **_EFF),
     "resnet18": Spec(11_689_512, **_RX),
     "resnet34": Spec(21_797_672, **_RX),
     "resnet50": Spec(25_557_032, **_RX),
@@ -109,7 +118,7 @@ EXPECTED: Dict[str, Spec] = {
     "resnext101_32x8d": Spec(88_791_336, **_RX),
     "resnext101_64x4d": Spec(83_455_272, **_RX),
     "wide_resnet50_2": Spec(68_883_240, **_RX),
-    "resnext": Spec(636_360, family="resnext", count_kwargs=_RX_CUSTOM,
+    "resnext": Spec(636_360, family="resnext", count_kwargs=_RX_CUSTOM, smoke_kwargs={**_RX_CUSTOM, "num_classes": 7},
                     reference="timm ResNet(Bottleneck, [1, 1, 2, 1], cardinality=8, base_width=16, "
                               "channels=(16, 32, 64, 128), num_classes=8), sum(p.numel())"),
 }

@@ -4,3 +4,6 @@ from fer_jax.models import convnext  # noqa: F401
 from fer_jax.models import inception_resnet  # noqa: F401
 from fer_jax.models import emonext  # noqa: F401
 from fer_jax.models import resnet  # noqa: F401
+from fer_jax.models import efficientnet  # noqa: F401
+from fer_jax.models import resnext  # noqa: F401
+from fer_jax.models import iresnet  # noqa: F401
