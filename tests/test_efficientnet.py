@@ -277,6 +277,7 @@ def test_importer_names_missing_unexpected_and_misshaped_keys():
     E.from_timm_state_dict(sd, cls_shapes["params"], cls_shapes["batch_stats"])
 
 
+@pytest.mark.slow  # the trainer path is covered by test_resnext / test_iresnet; this one compiles B0 (10 s)
 def test_init_weights_from_a_safetensors_file(tmp_path):
   """config.init_weights = a timm state dict saved as .safetensors -> the trainer's backbone (params and
   BatchNorm statistics) gives timm's features; the head stays fresh."""

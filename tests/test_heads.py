@@ -428,7 +428,7 @@ def test_build_model_errors():
   with pytest.raises(ValueError, match=r"config.model has no 'head' section; it has \['backbone'\]"):
     build_model({"backbone": {"name": "convnext"}})
   with pytest.raises(ValueError, match=r"config.model has unknown field\(s\) \['dropout', 'num_classes'\]; "
-                                       r"expected 'backbone' and 'head'"):
+                                       r"expected 'backbone', 'head' and optionally 'backbone_frozen'"):
     build_model({"backbone": {"name": "convnext"}, "head": head, "num_classes": 7, "dropout": 0.1})
   with pytest.raises(ValueError, match=r"backbone spec \{'size': 'atto'\} has no 'name'; known backbones: "
                                        r"\[.*'convnext'"):
