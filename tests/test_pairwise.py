@@ -135,6 +135,18 @@ def test_pair_metrics_hand_computed():
   assert r["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)
 
 
+def test_pair_summary_means_and_weakest_pairs():
+  results = [{"pair": "0-1", "accuracy": 0.9, "balanced_accuracy": 0.7},
+             {"pair": "2-3", "accuracy": 0.6, "balanced_accuracy": 0.8},
+             {"pair": "4-5", "accuracy": 0.75, "balanced_accuracy": 0.9}]
+  s = report.pair_summary(results)
+  assert s["mean_accuracy"] == pytest.approx(0.75) and s["mean_balanced_accuracy"] == pytest.approx(0.8)
+  assert s["min_accuracy"] == {"pair": "2-3", "value": 0.6}
+  assert s["min_balanced_accuracy"] == {"pair": "0-1", "value": 0.7}
+  assert "mean pair accuracy 0.7500 (lowest 0.6000, pair 2-3)" in report.summary_line(s)
+  assert report.pair_summary([]) == {} and report.summary_line({}) == "no pair finished"
+
+
 def test_pair_matrix_cells_and_heatmap(tmp_path):
   values = {(0, 1): 0.9, (2, 7): 0.6, (3, 5): 0.75}
   m = report.pair_matrix(values, 8)

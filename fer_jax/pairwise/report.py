@@ -63,6 +63,28 @@ def pair_metrics(labels: np.ndarray, margins: np.ndarray, pair: Pair) -> Dict[st
           "recall": recall.tolist()}
 
 
+def pair_summary(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+  """Mean (over the finished pairs) accuracy and balanced accuracy, and the weakest pair by each."""
+  if not results:
+    return {}
+  out: Dict[str, Any] = {}
+  for key in ("accuracy", "balanced_accuracy"):
+    values = np.array([r[key] for r in results], np.float64)
+    worst = int(np.nanargmin(values))
+    out[f"mean_{key}"] = float(np.nanmean(values))
+    out[f"min_{key}"] = {"pair": results[worst]["pair"], "value": float(values[worst])}
+  return out
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+  if not summary:
+    return "no pair finished"
+  return (f"mean pair accuracy {summary['mean_accuracy']:.4f} (lowest {summary['min_accuracy']['value']:.4f}, "
+          f"pair {summary['min_accuracy']['pair']}); mean pair balanced accuracy "
+          f"{summary['mean_balanced_accuracy']:.4f} (lowest {summary['min_balanced_accuracy']['value']:.4f}, "
+          f"pair {summary['min_balanced_accuracy']['pair']})")
+
+
 def pair_matrix(values: Mapping[Pair, float], num_classes: int) -> np.ndarray:
   """(K, K) float64: M[i, j] = M[j, i] = values[(i, j)]; NaN on the diagonal and for missing pairs."""
   m = np.full((num_classes, num_classes), np.nan)
@@ -191,7 +213,8 @@ def build_report(workdir: str) -> Dict[str, Any]:
   pairs = [pairs_lib.parse_pair(p, k) for p in sweep["pairs"]]
   done = finished_pairs(workdir, pairs)
   results = [pair_metrics(d["labels"], d["margins"], p) for p, d in done.items()]
-  out: Dict[str, Any] = {"finished": len(done), "pairs": len(pairs), "pair_results": results}
+  out: Dict[str, Any] = {"finished": len(done), "pairs": len(pairs), "pair_results": results,
+                         "pair_summary": pair_summary(results)}
   write_pair_table(pair_rows(results, names, sweep.get("train_counts")), os.path.join(workdir, "pairs.csv"),
                    os.path.join(workdir, "pairs.md"))
   for key, title in (("accuracy", "pair accuracy"), ("balanced_accuracy", "pair balanced accuracy")):
@@ -233,7 +256,8 @@ def build_report(workdir: str) -> Dict[str, Any]:
     out["comparison_markdown"] = text
   with open(os.path.join(workdir, "ovo.json"), "w") as f:
     json.dump({"finished": out["finished"], "pairs": out["pairs"], "budget": sweep.get("budget"),
-               "test_split": sweep.get("test_split"), "models": models}, f, indent=2)
+               "test_split": sweep.get("test_split"), "pair_summary": out["pair_summary"], "models": models},
+              f, indent=2)
   return out
 
 
@@ -261,7 +285,7 @@ def main(argv=None) -> None:
   out = build_report(args.workdir)
   with open(os.path.join(args.workdir, "pairs.md")) as f:
     print(f.read())
-  print(f"{out['finished']}/{out['pairs']} pairs finished.")
+  print(f"{out['finished']}/{out['pairs']} pairs finished; {summary_line(out['pair_summary'])}.")
   if "comparison_markdown" in out:
     print(out["comparison_markdown"])
 

@@ -300,7 +300,8 @@ def main(argv=None) -> int:
   rep = out["report"]
   with open(os.path.join(args.workdir, "pairs.md")) as f:
     print(f.read())
-  print(f"{rep['finished']}/{rep['pairs']} pairs finished; outputs in {os.path.abspath(args.workdir)}")
+  print(f"{rep['finished']}/{rep['pairs']} pairs finished; {report.summary_line(rep['pair_summary'])}; outputs in "
+        f"{os.path.abspath(args.workdir)}")
   if "comparison_markdown" in rep:
     print(rep["comparison_markdown"])
   return 0
