@@ -142,3 +142,19 @@ def write_json(path: str, meta: Dict[str, Any], results: Any) -> None:
   with open(path, "w") as fh:
     json.dump({"meta": meta, "results": results}, fh, indent=1)
   print(f"wrote {path}")
+
+
+def torch_ce_step(torch, model, opt, x, y, threads: int):
+  """One timed PyTorch training step (cross-entropy, backward, ``opt.step()``) at ``threads`` threads;
+  returns the loss as a float, so that the step has finished when it returns."""
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def step():
+    torch.set_num_threads(threads)
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+  return step

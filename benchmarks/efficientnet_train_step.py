@@ -78,15 +78,7 @@ def make_torch_step(name, args, images_nhwc, labels, threads):
   model = timm.create_model(name, pretrained=False, num_classes=args.num_classes)
   model, opt, x, y = _interleaved.torch_train_setup(torch, model, args.lr, args.weight_decay,
                                                    images_nhwc, labels)
-  loss_fn = torch.nn.CrossEntropyLoss()
-
-  def step():
-    torch.set_num_threads(threads)
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+  step = _interleaved.torch_ce_step(torch, model, opt, x, y, threads)
 
   n_params = sum(p.numel() for p in model.parameters())
   return step, step(), (f"timm {timm.__version__} {name}, channels_last; torch {torch.__version__}, "

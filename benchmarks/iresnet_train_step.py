@@ -92,15 +92,7 @@ def make_torch_step(args, images_nhwc, labels, threads):
                         weight_decay=args.weight_decay)
   x = torch.from_numpy(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
   y = torch.from_numpy(np.asarray(labels)).long()
-  loss_fn = torch.nn.CrossEntropyLoss()
-
-  def step():
-    torch.set_num_threads(threads)
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+  step = _interleaved.torch_ce_step(torch, model, opt, x, y, threads)
 
   n_params = sum(p.numel() for p in model.parameters())
   return step, step(), (f"tests/iresnet_reference.py {args.size} + Linear; torch {torch.__version__}, "

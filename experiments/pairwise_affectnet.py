@@ -4,12 +4,17 @@ One two-class model per pair of AffectNet expressions (0 neutral, 1 happy, 2 sad
 5 disgust, 6 anger, 7 contempt): 28 pairs for 8 classes, 21 for 7. ``pair=3-5`` trains surprise vs disgust
 (``i-j``, ids in the dataset's order: ``,`` separates config options); no ``pair`` trains the single
 8-class (or 7-class) model. The 28 pairs, one-vs-one voting and the comparison with the single model are
-one command (``fer_jax.pairwise.sweep``, resumable):
+one command (``fer-jax pairwise`` = ``python -m fer_jax.pairwise.sweep``, resumable). On a TPU VM pod slice,
+the same command on every worker, the work dir on a shared file system (the sweep's own files are POSIX
+files; checkpoints may go anywhere Orbax writes):
 
-    python -m fer_jax.pairwise.sweep --config=experiments/pairwise_affectnet.py:backbone=iresnet100 \
-        --workdir=gs://BUCKET/pairs_affectnet --single
+    gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command="cd fer_jax && \
+        .venv/bin/python -m fer_jax.pairwise.sweep --jax_distributed \
+        --config=experiments/pairwise_affectnet.py:backbone=iresnet100 --workdir=/mnt/shared/pairs_affectnet \
+        --config.dataset.manual_dir=/mnt/shared/affectnet --config.dataset.data_dir=gs://BUCKET/tfds \
+        --config.init_weights=/mnt/shared/weights/ms1mv3_r100_backbone.pth --single --single_budget=both"
 
-One pair on a TPU VM (AffectNet is a manual download: see tfds_builders/affectnet):
+One pair (AffectNet is a manual download: see tfds_builders/affectnet):
 
     python -m fer_jax.main --config=experiments/pairwise_affectnet.py:backbone=resnext50,pair=4-5 \
         --config.dataset.manual_dir=~/data/affectnet \

@@ -322,6 +322,13 @@ def test_sweep_subset_total_budget_and_errors(tmp_path):
                   overrides=["--config.optimizer.lr=0.25", "--config.dataset.manual_dir=/elsewhere"])
   assert seen == [(0.25, "/elsewhere")] * 2  # the pair model and the single model
   assert sweep.main(["--config=" + FERPLUS, "--workdir=" + str(tmp_path / "o2"), "--config.optimizer.lrr=1"]) == 2
+  follower = _Fake()  # a process other than 0 of a multi-host sweep: trains and scores, writes nothing
+  out = sweep.run_sweep(FERPLUS, str(tmp_path / "follower"), pairs=[(0, 1)], single=True, train_fn=follower.train,
+                        score_fn=follower.score, count_fn=follower.count, log=lambda s: None, is_writer=False)
+  assert [n for n, _ in follower.trained] == ["pair_0-1", "single"] and "report" not in out
+  written = [f for f in os.listdir(tmp_path / "follower")]
+  assert sorted(written) == ["pair_0-1", "single"]  # the fake trainer's dirs only
+  assert not os.listdir(tmp_path / "follower" / "pair_0-1")
   with pytest.raises(ValueError, match="sets pair; the sweep sets pair=i-j itself"):
     sweep.config_for(FERPLUS + ":pair=0-1", None)
   with pytest.raises(ValueError, match="holds a sweep of --config="):

@@ -140,7 +140,8 @@ def _fmt(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _write_sweep_file(workdir: str, spec: str, config, class_names, train_counts, budget: str) -> None:
+def _write_sweep_file(workdir: str, spec: str, config, class_names, train_counts, budget: str,
+                      is_writer: bool = True) -> None:
   k = int(config.pairwise.num_classes)
   meta = {"config": spec, "class_names": list(class_names), "num_classes": k,
           "pairs": [pairs_lib.pair_name(p) for p in pairs_lib.all_pairs(k)],
@@ -154,15 +155,21 @@ def _write_sweep_file(workdir: str, spec: str, config, class_names, train_counts
     if old.get("config") != spec:
       raise ValueError(f"{workdir} holds a sweep of --config={old.get('config')!r}, not {spec!r}: use "
                        "another --workdir (the finished pairs would mix two configs)")
-  with open(path, "w") as f:
-    json.dump(meta, f, indent=2)
+  if is_writer:
+    with open(path, "w") as f:
+      json.dump(meta, f, indent=2)
 
 
 def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, single: bool = False,
               single_budget: str = "per_model", train_fn: Optional[TrainFn] = None,
               score_fn: Optional[ScoreFn] = None, count_fn: Optional[CountFn] = None,
-              log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+              log: Callable[[str], None] = print, overrides: Sequence[str] = (),
+              is_writer: Optional[bool] = None) -> Dict[str, Any]:
   """Trains the pairs not finished yet (then the single model), scores them, writes the report.
+
+  Several processes (``jax.distributed``, a TPU pod slice) run the same sweep together: every one trains and
+  scores (collectively), only process 0 (``is_writer``, default ``jax.process_index() == 0``) writes the
+  sweep's own files, so ``workdir`` must be one shared directory (an NFS / Filestore mount).
 
   ``train_fn`` / ``score_fn`` / ``count_fn`` default to the trainer's ``train_and_evaluate``,
   :func:`score_test_split` and :func:`count_train_labels` (tests pass instant fakes). Returns
@@ -175,6 +182,9 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
     train_fn = trainer.train_and_evaluate
   score_fn = score_fn or score_test_split
   count_fn = count_fn or count_train_labels
+  if is_writer is None:
+    import jax
+    is_writer = jax.process_index() == 0
   base = config_for(spec, None, overrides)
   k = int(base.pairwise.num_classes)
   class_names = list(base.pairwise.class_names)
@@ -190,9 +200,10 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
       train_counts = json.load(f)
   else:
     train_counts = [int(n) for n in count_fn(base)]
-    with open(counts_path, "w") as f:
-      json.dump(train_counts, f)
-  _write_sweep_file(workdir, spec, base, class_names, train_counts, single_budget)
+    if is_writer:
+      with open(counts_path, "w") as f:
+        json.dump(train_counts, f)
+  _write_sweep_file(workdir, spec, base, class_names, train_counts, single_budget, is_writer)
 
   out: Dict[str, Any] = {"trained": [], "skipped": []}
   t0 = time.time()
@@ -229,9 +240,10 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
     if pair is not None:
       if scores.ndim != 2 or scores.shape[1] != 2:
         raise ValueError(f"{what}: the model gives scores of shape {scores.shape}; a pair model must give 2")
-      _save_npz(done_file, labels=np.asarray(labels, np.int64), margins=scores[:, 1] - scores[:, 0],
-                scores=scores, pair=np.asarray(pair, np.int64))
-    else:
+      if is_writer:
+        _save_npz(done_file, labels=np.asarray(labels, np.int64), margins=scores[:, 1] - scores[:, 0],
+                  scores=scores, pair=np.asarray(pair, np.int64))
+    elif is_writer:
       _save_npz(done_file, labels=np.asarray(labels, np.int64), scores=scores)
     run_times.append(time.time() - t)
     out["trained"].append(name)
@@ -239,7 +251,8 @@ def run_sweep(spec: str, workdir: str, pairs: Optional[Sequence[Pair]] = None, s
     eta = np.mean(run_times) * remaining
     log(f"[{n}/{len(jobs)}] {what}: done in {_fmt(run_times[-1])}; elapsed {_fmt(time.time() - t0)}, "
         f"ETA {_fmt(eta)} ({remaining} to go)")
-  out["report"] = report.build_report(workdir)
+  if is_writer:
+    out["report"] = report.build_report(workdir)
   return out
 
 
@@ -278,6 +291,9 @@ def main(argv=None) -> int:
   parser.add_argument("--single_budget", default="per_model", choices=BUDGETS,
                       help="single model steps: per_model = one pair model's; total = all pairs' summed; "
                       "both = the two models")
+  parser.add_argument("--jax_distributed", action="store_true",
+                      help="jax.distributed.initialize() first: the same command on every host of a pod slice "
+                      "(the work dir must be shared)")
   parser.add_argument("--config.FIELD=VALUE", dest="_overrides", metavar="", default=None,
                       help="override a field of every model's config, e.g. --config.dataset.manual_dir=DIR "
                       "(an unknown field fails at once, naming it)")
@@ -293,10 +309,15 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.jax_distributed:
+    import jax
+    jax.distributed.initialize()
   out = run_sweep(args.config, args.workdir, pairs, single=args.single, single_budget=args.single_budget,
                   overrides=overrides)
   if "preempted" in out:
     return 1
+  if "report" not in out:  # not process 0
+    return 0
   rep = out["report"]
   with open(os.path.join(args.workdir, "pairs.md")) as f:
     print(f.read())
