@@ -87,6 +87,30 @@ def compile_jax_step(train_step, state, images, labels):
   return step, step(), compile_s, n_params
 
 
+def batchnorm_ce_step(model, tx, images, labels):
+  """A donated train step of a BatchNorm classifier ``model`` (cross-entropy, optimizer ``tx``, dropout
+  rng 'dropout'), compiled: returns :func:`compile_jax_step`'s (step_fn, first loss, compile s, #params)."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images[:2])
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+           "opt": tx.init(variables["params"])}
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_step(state, x, y, rng):
+    def loss_fn(p):
+      logits, new = model.apply({"params": p, "batch_stats": state["batch_stats"]}, x, train=True,
+                                rngs={"dropout": rng}, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
+
+  return compile_jax_step(train_step, state, images, labels)
+
+
 def torch_train_setup(torch, model, lr: float, weight_decay: float, images_nhwc, labels):
   """channels_last training ``model``, its AdamW, and the batch as torch (NCHW channels_last) x, y."""
   model = model.to(memory_format=torch.channels_last).train()

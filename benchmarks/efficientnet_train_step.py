@@ -23,7 +23,6 @@ shared, loaded 2-core machine both frameworks lose much of their time at 2-threa
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import sys
@@ -47,24 +46,8 @@ import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
 def make_jax_step(name, impl, args, images, labels):
   """Returns (step_fn, initial loss, compile s, #params); step_fn() runs one donated train step."""
   model = get_model(name, num_classes=args.num_classes, depthwise_impl=impl)
-  variables = model.init(jax.random.key(0), images[:1], train=False)
-  params, stats = variables["params"], variables["batch_stats"]
   tx = optax.adamw(args.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
-  state = {"params": params, "batch_stats": stats, "opt": tx.init(params)}
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def train_step(state, x, y, rng):
-    def loss_fn(p):
-      logits, new = model.apply({"params": p, "batch_stats": state["batch_stats"]}, x, train=True,
-                                rngs={"dropout": rng}, mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats,
-            "opt": opt}, loss
-
-  return _interleaved.compile_jax_step(train_step, state, images, labels)
+  return _interleaved.batchnorm_ce_step(model, tx, images, labels)
 
 
 def make_torch_step(name, args, images_nhwc, labels, threads):

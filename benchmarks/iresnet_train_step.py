@@ -20,7 +20,6 @@ Run (iresnet50, batch 16; ~5 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import sys
@@ -56,25 +55,8 @@ class Classifier(nn.Module):
 def make_jax_step(dtype_name, args, images, labels):
   """Returns (step_fn, first loss, compile s, #params); step_fn() runs one donated train step."""
   model = Classifier(args.size, args.num_classes, None if dtype_name == "float32" else jnp.dtype(dtype_name))
-  variables = model.init(jax.random.key(0), images[:2], train=False)
   tx = optax.chain(optax.add_decayed_weights(args.weight_decay), optax.sgd(args.lr, momentum=0.9))
-  state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
-           "opt": tx.init(variables["params"])}
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def train_step(state, x, y, rng):
-    del rng
-
-    def loss_fn(p):
-      logits, upd = model.apply({"params": p, "batch_stats": state["batch_stats"]}, x, train=True,
-                                mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd["batch_stats"]
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
-
-  return _interleaved.compile_jax_step(train_step, state, images, labels)
+  return _interleaved.batchnorm_ce_step(model, tx, images, labels)
 
 
 def make_torch_step(args, images_nhwc, labels, threads):

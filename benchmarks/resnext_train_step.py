@@ -26,7 +26,6 @@ Run (batch 16, 112 px; ~8 minutes on the loaded 2-core machine, one run):
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import sys
@@ -48,25 +47,8 @@ import _interleaved  # noqa: E402  (benchmarks/_interleaved.py)
 def make_jax_step(name, impl, args, images, labels):
   """Returns (step_fn, initial loss, compile s, #params); step_fn() runs one donated train step."""
   model = get_model(name, num_classes=args.num_classes, conv_impl=impl)
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images[:1])
   tx = optax.adamw(args.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
-  state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
-           "opt": tx.init(variables["params"])}
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def train_step(state, x, y, rng):
-    del rng
-
-    def loss_fn(p):
-      logits, upd = model.apply({"params": p, "batch_stats": state["batch_stats"]}, x, train=True,
-                                mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd["batch_stats"]
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
-
-  return _interleaved.compile_jax_step(train_step, state, images, labels)
+  return _interleaved.batchnorm_ce_step(model, tx, images, labels)
 
 
 def make_torch_step(name, args, images_nhwc, labels, threads):
