@@ -46,12 +46,16 @@ SMALLEST: Dict[str, Tuple[Dict[str, Any], Dict[str, tuple], Dict[str, tuple]]] =
                      {"features": (2, 320)}),
     "resnext": (dict(block="bottleneck", depths=(1, 1), widths=(8, 16), groups=4, base_width=16, stem_width=8),
                 {"image": (2, 32, 32, 3)}, {"features": (2, 64)}),
+    # The head width (1024 for 'small') is not scaled by the width multiplier (timm's num_features).
+    "mobilenetv3": (dict(layout="small", width_multiplier=0.25), {"image": (2, 32, 32, 3)},
+                    {"features": (2, 1024)}),
 }
 # With _random_variables' weights (no activation gain, BN statistics unrelated to the activations) the
 # input-dependent part of EfficientNet's activations shrinks ~25x at every block without a shortcut (two SiLUs
 # and the SE gate halve it, a 3x3 depthwise conv on a 1x1 map keeps one tap), to ~1e-6 after 7 stages in
-# eval mode; train mode's batch statistics renormalise it at every BN.
-DECAYS_IN_EVAL = ("efficientnet",)
+# eval mode; train mode's batch statistics renormalise it at every BN. MobileNetV3 likewise (ReLU / hard-swish
+# blocks and the hard-sigmoid SE gate, 2e-5 left after its 12 blocks).
+DECAYS_IN_EVAL = ("efficientnet", "mobilenetv3")
 
 
 def _flat(tree, prefix=()) -> Dict[str, Any]:

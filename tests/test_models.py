@@ -69,6 +69,8 @@ _SMALL_CUSTOM = dict(depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), stem_patch_si
 # The smoke test builds B0's code at width 0.25, depth 0.2 (126k parameters: a quarter of B0's compile time).
 _EFF = dict(family="efficientnet", reference=_TIMM, stochastic_kwargs={"drop_rate": 0.5, "drop_path_rate": 0.5},
             smoke_kwargs={"num_classes": 7, "size": None, "width_multiplier": 0.25, "depth_multiplier": 0.2})
+_MNV3 = dict(family="mobilenetv3", reference=_TIMM, stochastic_kwargs={"drop_rate": 0.5, "drop_path_rate": 0.5},
+             smoke_kwargs={"num_classes": 7, "size": None, "layout": "small", "width_multiplier": 0.25})
 _RX = dict(family="resnext", reference=_TIMM, smoke_kwargs={"num_classes": 7})
 _RX_CUSTOM = dict(block="bottleneck", depths=(1, 1, 2, 1), widths=(16, 32, 64, 128), groups=8, base_width=16,
                   num_classes=8)
@@ -112,6 +114,11 @@ EXPECTED: Dict[str, Spec] = {
     "efficientnet_b5": Spec(30_389_784, **_EFF),
     "efficientnet_b6": Spec(43_040_704, **_EFF),
     "efficientnet_b7": Spec(66_347_960, **_EFF),
+    "mobilenetv3_large_075": Spec(3_993_528, **_MNV3),
+    "mobilenetv3_large_100": Spec(5_483_032, **_MNV3),
+    "mobilenetv3_small_050": Spec(1_593_224, **_MNV3),
+    "mobilenetv3_small_075": Spec(2_041_872, **_MNV3),
+    "mobilenetv3_small_100": Spec(2_542_856, **_MNV3),
     "resnet18": Spec(11_689_512, **_RX),
     "resnet34": Spec(21_797_672, **_RX),
     "resnet50": Spec(25_557_032, **_RX),

@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -134,26 +134,39 @@ def _dense(features: int, dtype: Any, name: str, use_bias: bool = False) -> nn.D
 
 
 class SqueezeExcite(nn.Module):
-  """timm's ``SqueezeExcite``: x * sigmoid(W2 silu(W1 mean_hw(x) + b1) + b2), W1: C -> ``reduced``."""
+  """timm's ``SqueezeExcite``: x * gate(W2 act(W1 mean_hw(x) + b1) + b2), W1: C -> ``reduced``.
+
+  ``act`` / ``gate``: timm's ``act_layer`` / ``gate_layer`` (EfficientNet: SiLU / sigmoid; MobileNetV3:
+  ReLU / hard sigmoid, fer_jax.models.mobilenetv3).
+  """
 
   reduced: int
   dtype: Any = None
+  act: Callable[[jax.Array], jax.Array] = nn.silu
+  gate: Callable[[jax.Array], jax.Array] = nn.sigmoid
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.silu(_dense(self.reduced, self.dtype, "conv_reduce", use_bias=True)(s))
+    s = self.act(_dense(self.reduced, self.dtype, "conv_reduce", use_bias=True)(s))
     s = _dense(x.shape[-1], self.dtype, "conv_expand", use_bias=True)(s)
-    return x * nn.sigmoid(s)
+    return x * self.gate(s)
 
 
 class EfficientNetBlock(nn.Module):
-  """DepthwiseSeparable ('ds') or MBConv ('ir') block of ``spec`` = ``Block`` (module docstring)."""
+  """DepthwiseSeparable ('ds') or MBConv ('ir') block of ``spec`` = ``Block`` (module docstring).
+
+  ``act``: the block's activation (timm's ``act_layer``; SiLU here, ReLU or hard-swish in MobileNetV3);
+  ``se_act`` (None: ``act``) and ``se_gate``: the SE's; an SE width of 0 means no SE (MobileNetV3).
+  """
 
   spec: Block
   drop_path_rate: float = 0.0
   dtype: Any = None
   depthwise_impl: str = "auto"
+  act: Callable[[jax.Array], jax.Array] = nn.silu
+  se_act: Optional[Callable[[jax.Array], jax.Array]] = None
+  se_gate: Callable[[jax.Array], jax.Array] = nn.sigmoid
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -163,11 +176,12 @@ class EfficientNetBlock(nn.Module):
     dw_bn, pw_bn = ("bn1", "bn2") if kind == "ds" else ("bn2", "bn3")
     y = x
     if kind == "ir":
-      y = nn.silu(_norm(train, self.dtype, "bn1")(_dense(mid, self.dtype, "conv_pw")(y)))
+      y = self.act(_norm(train, self.dtype, "bn1")(_dense(mid, self.dtype, "conv_pw")(y)))
     y = DepthwiseConv(kernel_size=(k, k), strides=s, padding=k // 2, use_bias=False, impl=self.depthwise_impl,
                       dtype=self.dtype, kernel_init=depthwise_init, name="conv_dw")(y)
-    y = nn.silu(_norm(train, self.dtype, dw_bn)(y))
-    y = SqueezeExcite(rd, dtype=self.dtype, name="se")(y)
+    y = self.act(_norm(train, self.dtype, dw_bn)(y))
+    if rd > 0:
+      y = SqueezeExcite(rd, dtype=self.dtype, act=self.se_act or self.act, gate=self.se_gate, name="se")(y)
     y = _dense(c_out, self.dtype, "conv_pw" if kind == "ds" else "conv_pwl")(y)
     y = _norm(train, self.dtype, pw_bn)(y)
     if s == 1 and c_in == c_out:
@@ -334,7 +348,8 @@ def map_timm_key(key: str):
 
 def from_timm_state_dict(state_dict: Mapping[str, Any], params: Mapping[str, Any],
                          batch_stats: Optional[Mapping[str, Any]] = None,
-                         include_classifier: Optional[bool] = None):
+                         include_classifier: Optional[bool] = None, *, map_key=None,
+                         what: str = "The timm EfficientNet weights"):
   """A timm ``efficientnet_b*`` state dict -> ``BackboneVariables(params, batch_stats)`` of our tree.
 
   Args:
@@ -344,6 +359,8 @@ def from_timm_state_dict(state_dict: Mapping[str, Any], params: Mapping[str, Any
       None skips the check of the statistics (they are still converted).
     include_classifier: keep timm's ``classifier`` (default: iff ``params`` has one); when False, its
       keys are dropped silently, so a timm classifier imports into the backbone.
+    map_key, what: the key map (default ``map_timm_key``) and the error's subject (other timm families
+      built from the same blocks: fer_jax.models.mobilenetv3).
 
   Raises:
     ValueError listing every missing, unexpected and mis-shaped tensor (``convert.check_tree_against``).
@@ -356,7 +373,7 @@ def from_timm_state_dict(state_dict: Mapping[str, Any], params: Mapping[str, Any
   if not include_classifier:
     state_dict = {k: v for k, v in state_dict.items()
                   if not convert.strip_module_prefix(k).startswith("classifier.")}
-  tree, unexpected = convert.map_state_dict(state_dict, map_timm_key)
+  tree, unexpected = convert.map_state_dict(state_dict, map_key or map_timm_key)
   # Own copies: torch tensors' .numpy() shares memory with the module, whose BN buffers a later forward
   # in train mode would update in place.
   tree = jax.tree.map(np.array, tree)
@@ -365,7 +382,7 @@ def from_timm_state_dict(state_dict: Mapping[str, Any], params: Mapping[str, Any
   got = {"params": got_params}
   if batch_stats is not None:
     want["batch_stats"], got["batch_stats"] = dict(batch_stats), got_stats
-  convert.check_tree_against(got, want, "The timm EfficientNet weights", unexpected)
+  convert.check_tree_against(got, want, what, unexpected)
   return convert.BackboneVariables(params=got_params, batch_stats=got_stats)
 
 
