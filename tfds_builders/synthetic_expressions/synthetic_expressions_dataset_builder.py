@@ -10,6 +10,10 @@ Configs (``tfds.builder('synthetic_expressions/<name>')``):
   * ``grey48`` (default): 48x48x1 stills, like FER2013; train 16000 / validation 2000 / test 2000.
   * ``rgb64``: 64x64x3 stills; same split sizes.
   * ``sequences``: clips of 16 frames of 48x48x1 going neutral -> apex; 2000 / 300 / 300 clips.
+  * ``scenes``: a person (the same faces on a posed body) in a scene, EMOTIC-style records (96x96
+    context, 64x64 body crop, 26 categories, valence / arousal / dominance) from
+    `fer_jax.data.synthetic_scenes`; 8000 / 1000 / 1000. ``data_source[split][i]`` equals
+    ``sample_scenes(seed, split, i, 1, context_size, body_size)``.
 
 Any other size: pass a config object, e.g.
 ``tfds.builder('synthetic_expressions', config=SyntheticExpressionsConfig(name='tiny',
@@ -23,7 +27,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fer_jax.data import synthetic
+from fer_jax.data import synthetic, synthetic_scenes
 
 _SPLITS = ("train", "validation", "test")
 
@@ -40,6 +44,9 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
     num_frames: 0 for still images; T > 0 for clips of T frames.
     hold: clips hold the apex after reaching it (else the apex is the last frame).
     chunk_size: examples rendered per vectorised batch while generating.
+    scenes: EMOTIC-style person-in-scene records (`fer_jax.data.synthetic_scenes`) instead of faces;
+      ``image_size``, ``channels``, ``num_frames`` and ``hold`` are then unused.
+    context_size / body_size: scene side and body-crop side in pixels (``scenes`` only).
   """
 
   image_size: int = 48
@@ -51,12 +58,15 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
   num_frames: int = 0
   hold: bool = True
   chunk_size: int = 1000
+  scenes: bool = False
+  context_size: int = 96
+  body_size: int = 64
 
   def __post_init__(self):
     if self.channels not in (1, 3):
       raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
     for field in ("image_size", "train_size", "validation_size", "test_size", "seed",
-                  "num_frames", "chunk_size"):
+                  "num_frames", "chunk_size", "context_size", "body_size"):
       value = getattr(self, field)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{field} must be a non-negative int, got {value!r}")
@@ -64,6 +74,13 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
       raise ValueError(f"image_size must be >= 8, got {self.image_size!r}")
     if self.chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
+    if self.scenes:
+      if self.num_frames:
+        raise ValueError(f"scenes configs are stills: num_frames must be 0, got {self.num_frames!r}")
+      if self.context_size < synthetic_scenes.MIN_SIZE:
+        raise ValueError(f"context_size must be >= {synthetic_scenes.MIN_SIZE}, got {self.context_size!r}")
+      if self.body_size < 8:
+        raise ValueError(f"body_size must be >= 8, got {self.body_size!r}")
 
   def split_size(self, split: str) -> int:
     return {"train": self.train_size, "validation": self.validation_size,
@@ -84,6 +101,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticExpressionsConfig(
           name="sequences", description="16-frame 48x48 grey clips neutral -> apex, 2000/300/300.",
           num_frames=16, train_size=2000, validation_size=300, test_size=300, chunk_size=64),
+      SyntheticExpressionsConfig(
+          name="scenes", description=("People in scenes with EMOTIC-style labels: 96x96 context, "
+                                      "64x64 body crop, 26 categories, VAD; 8000/1000/1000."),
+          scenes=True, train_size=8000, validation_size=1000, test_size=1000, chunk_size=250),
   ]
   DEFAULT_CONFIG_NAME = "grey48"
 
@@ -92,6 +113,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     s, c, k = cfg.image_size, cfg.channels, synthetic.NUM_AUS
     lm = synthetic.NUM_LANDMARKS
     label = tfds.features.ClassLabel(names=synthetic.CLASS_NAMES)
+    if cfg.scenes:
+      return self._scenes_info(label)
     if cfg.num_frames:
       t = cfg.num_frames
       features = {
@@ -127,6 +150,36 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         description=(__doc__ + "\nAction units (in order): " + ", ".join(synthetic.AU_NAMES)),
     )
 
+  def _scenes_info(self, label) -> tfds.core.DatasetInfo:
+    """The EMOTIC builder's features (``tfds_builders/emotic``) plus the scene's ground truth."""
+    cfg = self.builder_config
+    c, b = cfg.context_size, cfg.body_size
+    ss = synthetic_scenes
+    features = tfds.features.FeaturesDict({
+        "context": tfds.features.Tensor(shape=(c, c, 3), dtype=np.uint8,
+                                        encoding=tfds.features.Encoding.BYTES),
+        "body": tfds.features.Tensor(shape=(b, b, 3), dtype=np.uint8,
+                                     encoding=tfds.features.Encoding.BYTES),
+        "categories": tfds.features.Tensor(shape=(ss.NUM_CATEGORIES,), dtype=np.float32),
+        "vad": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+        "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        "gender": np.int32,
+        "age": np.int32,
+        "image_id": tfds.features.Text(),
+        "person": np.int32,
+        "id": np.int64,
+        "label": label,
+        "posture": tfds.features.Tensor(shape=(len(ss.POSTURE_NAMES),), dtype=np.float32),
+        "scene_mood": tfds.features.Tensor(shape=(len(ss.SCENE_MOOD_NAMES),), dtype=np.float32),
+    })
+    return self.dataset_info_from_configs(
+        features=features,
+        disable_shuffling=True,
+        description=(__doc__ + "\nCategories (in order): " + ", ".join(ss.EMOTIC_CATEGORIES)
+                     + "\nPosture: " + ", ".join(ss.POSTURE_NAMES) + "\nScene mood: "
+                     + ", ".join(ss.SCENE_MOOD_NAMES)),
+    )
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     cfg = self.builder_config
@@ -137,7 +190,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for start in range(0, num_examples, cfg.chunk_size):
       count = min(cfg.chunk_size, num_examples - start)
-      if cfg.num_frames:
+      if cfg.scenes:
+        batch = synthetic_scenes.sample_scenes(cfg.seed, split, start, count, cfg.context_size,
+                                               cfg.body_size, chunk=count)
+      elif cfg.num_frames:
         batch = synthetic.sample_sequences(cfg.seed, split, start, count, cfg.num_frames,
                                            cfg.image_size, cfg.channels, hold=cfg.hold)
       else:

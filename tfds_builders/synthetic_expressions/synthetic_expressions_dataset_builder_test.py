@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from fer_jax.data import synthetic  # noqa: E402
+from fer_jax.data import synthetic, synthetic_scenes  # noqa: E402
 from tfds_builders.synthetic_expressions import Builder, SyntheticExpressionsConfig  # noqa: E402
 
 
@@ -26,8 +26,10 @@ def _assert_record_equals(record, expected, index):
     got = np.asarray(record[name])
     want = np.asarray(want[index])
     assert got.shape == want.shape, name
-    if name in ("image", "frames"):
+    if name in ("image", "frames", "context", "body"):
       assert got.dtype == np.uint8
+    if name == "image_id":  # Text reads back as bytes
+      got = np.asarray(got.item().decode() if isinstance(got.item(), bytes) else got.item())
     np.testing.assert_array_equal(got, want, err_msg=name)
 
 
@@ -62,6 +64,34 @@ def test_small_sequence_config_builds_and_reads_back_renderer_output(tmp_path):
     _assert_record_equals(sources["train"][i], expected, i)
 
 
+def test_small_scenes_config_builds_and_reads_back_renderer_output(tmp_path):
+  cfg = SyntheticExpressionsConfig(name="tiny_scenes", scenes=True, context_size=32, body_size=16,
+                                   train_size=6, validation_size=3, test_size=0, seed=2, chunk_size=4)
+  builder, sources = _build_and_read(tmp_path, cfg)
+  assert set(builder.info.splits.keys()) == {"train", "validation"}
+  assert builder.info.splits["train"].num_examples == 6
+  assert builder.info.features["categories"].shape == (26,)
+  assert builder.info.features["label"].names == list(synthetic.CLASS_NAMES)
+  for split, n in (("train", 6), ("validation", 3)):
+    expected = synthetic_scenes.sample_scenes(2, split, 0, n, context_size=32, body_size=16)
+    for i in range(n):
+      record = sources[split][i]
+      assert record["context"].shape == (32, 32, 3) and record["body"].shape == (16, 16, 3)
+      _assert_record_equals(record, expected, i)
+
+
+def test_scenes_features_match_the_emotic_builder():
+  """The EMOTIC schema (tfds_builders/emotic) is a subset of the scenes config's features."""
+  emotic_builder = pytest.importorskip("tfds_builders.emotic")
+  real = emotic_builder.Builder(config="c112_b64", data_dir="/nonexistent-not-created").info.features
+  cfg = SyntheticExpressionsConfig(name="scenes_112", scenes=True, context_size=112, body_size=64)
+  ours = tfds.builder("synthetic_expressions", config=cfg, data_dir="/nonexistent-not-created").info.features
+  for key in real.keys():
+    assert key in ours, key
+    assert (ours[key].shape, ours[key].np_dtype) == (real[key].shape, real[key].np_dtype), key  # no TF import
+  assert set(ours.keys()) - set(real.keys()) == {"label", "posture", "scene_mood"}
+
+
 def test_registered_configs():
   configs = {c.name: c for c in Builder.BUILDER_CONFIGS}
   assert Builder.DEFAULT_CONFIG_NAME == "grey48"
@@ -73,6 +103,12 @@ def test_registered_configs():
   s = configs["sequences"]
   assert (s.image_size, s.channels, s.num_frames) == (48, 1, 16)
   assert (s.train_size, s.validation_size, s.test_size) == (2000, 300, 300)
+  sc = configs["scenes"]
+  assert (sc.scenes, sc.context_size, sc.body_size, sc.num_frames) == (True, 96, 64, 0)
+  assert (sc.train_size, sc.validation_size, sc.test_size) == (8000, 1000, 1000)
+  info = tfds.builder("synthetic_expressions/scenes", data_dir="/nonexistent-not-created").info
+  assert info.features["context"].shape == (96, 96, 3) and info.features["body"].shape == (64, 64, 3)
+  assert info.features["posture"].shape == (7,) and info.features["scene_mood"].shape == (4,)
   assert "synthetic_expressions" in tfds.list_builders()
   builder = tfds.builder("synthetic_expressions", data_dir="/nonexistent-not-created")
   assert builder.builder_config.name == "grey48"
@@ -84,3 +120,9 @@ def test_bad_config_raises():
     SyntheticExpressionsConfig(name="bad", channels=2)
   with pytest.raises(ValueError, match="train_size must be a non-negative int, got -1"):
     SyntheticExpressionsConfig(name="bad", train_size=-1)
+  with pytest.raises(ValueError, match="scenes configs are stills: num_frames must be 0, got 4"):
+    SyntheticExpressionsConfig(name="bad", scenes=True, num_frames=4)
+  with pytest.raises(ValueError, match="context_size must be >= 20, got 8"):
+    SyntheticExpressionsConfig(name="bad", scenes=True, context_size=8)
+  with pytest.raises(ValueError, match="body_size must be a non-negative int, got -2"):
+    SyntheticExpressionsConfig(name="bad", scenes=True, body_size=-2)
