@@ -43,7 +43,8 @@ def straight(tmp_path_factory, toy_data_dir):
   return workdir
 
 
-@pytest.mark.parametrize("fsdp", [1, 4], ids=["data8", "data2_fsdp4"])
+# data2_fsdp4 shards the batch over both mesh axes, so it covers pure data parallelism too; data8 is slow.
+@pytest.mark.parametrize("fsdp", [pytest.param(1, marks=pytest.mark.slow), 4], ids=["data8", "data2_fsdp4"])
 def test_one_and_eight_devices_give_the_same_losses(tmp_path, toy_data_dir, straight, fsdp):
   """Same global batch on 1 device and on 8 (pure data parallel, or 2-way data x 4-way FSDP)."""
   check_ok(_run(tmp_path / "d8", 10, toy_data_dir, devices=8, fsdp=fsdp))
