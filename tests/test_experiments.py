@@ -41,12 +41,18 @@ COMBINATIONS = {
                               "backbone=iresnet50,sampler=undersample,easy_margin",
                               "backbone=iresnet100,pair=3-5,s=30,m=0.3",
                               "backbone=resnet_fer_s,pair=1-2,aligned,steps=100,batch=64,lr=3e-4,wd=0,seed=1"],
+    "emotion_bank_synthetic.py": ["", "runlocal", "arch=remo", "arch=binary", "arch=binary,size=base",
+                                  "emotion=contempt,size=tiny,steps=10,batch=8", "emotion=3,landmarks=17-67",
+                                  "landmarks=36,39,42,45,48-67,seed=1"],
+    "emotion_bank_ckplus.py": ["", "runlocal", "fold=9", "emotion=surprise,arch=binary,fold=3",
+                               "emotion=contempt,arch=remo,size=tiny,steps=10,batch=8", "emotion=1,landmarks=17-67"],
     "pairwise_ferplus.py": ["", "runlocal", "pair=5-6", "pair=0-7,head=softmax,probe,sampler=uniform",
                             "classes=7,pair=2-6,ten_crop,steps=20,batch=32",
                             "s=30,m=0.3,easy_margin,sampler=undersample,lr=3e-4,wd=0,seed=2"],
 }
 # (task output, expected trailing shape)
-OUTPUTS = {"classification": "logits", "affect": "valence_arousal", "action_units": "au_intensity"}
+OUTPUTS = {"classification": "logits", "affect": "valence_arousal", "action_units": "au_intensity",
+           "landmark_sequence": "logits"}
 
 
 def test_every_experiment_file_has_combinations():
@@ -99,6 +105,9 @@ def test_experiment_builds_and_shape_checks(name, arg):
     assert out.shape[-1] == len(c.affect.target_keys) == 2
     frames = inputs.get("frames", inputs.get("image"))
     assert int(np.prod(out.shape[:-1])) == int(np.prod(frames.shape[:-3]))  # one output per frame
+  elif task.name == "landmark_sequence":
+    k = c.task_options.positive_class
+    assert out.shape == (1, 1 if k is not None else c.dataset.num_classes)
   else:
     assert out.shape == (1, len(c.au.names))
   for spec in c.evals.values():  # evaluators named by config resolve in the registry

@@ -9,6 +9,7 @@ task's ``predict`` outputs through ONE metric implementation, the clu ``Metric``
 
 from fer_jax.evaluators import action_units  # noqa: F401
 from fer_jax.evaluators import affect  # noqa: F401
+from fer_jax.evaluators import binary  # noqa: F401
 from fer_jax.evaluators import classification  # noqa: F401
 from fer_jax.evaluators import multilabel  # noqa: F401
 from fer_jax.evaluators.base import Evaluator, build_evaluators  # noqa: F401
