@@ -44,6 +44,8 @@ SMALLEST: Dict[str, Tuple[Dict[str, Any], Dict[str, tuple], Dict[str, tuple]]] =
                 {"features": (2, 6)}),
     "efficientnet": (dict(width_multiplier=0.25, depth_multiplier=0.2), {"image": (2, 32, 32, 3)},
                      {"features": (2, 320)}),
+    "au_autoencoder": (dict(block="basic", depths=(1, 1), widths=(8, 16), stem_width=8, decoder_widths=(8, 4, 4)),
+                       {"image": (2, 32, 32, 3)}, {"features": (2, 256), "reconstruction": (2, 32, 32, 3)}),
     "landmark_cnn_lstm": (dict(conv_features=(4, 8), conv_kernel=(1, 5), conv_strides=(1, 2), frame_features=8,
                                lstm_hidden=6), {"landmarks": (2, 3, 68, 4)}, {"features": (2, 6)}),
     "resnext": (dict(block="bottleneck", depths=(1, 1), widths=(8, 16), groups=4, base_width=16, stem_width=8),

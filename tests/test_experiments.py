@@ -20,6 +20,10 @@ CONVNEXT_SIZES = ("atto", "femto", "pico", "nano", "tiny", "small", "base", "lar
 COMBINATIONS = {
     "au_synthetic.py": ["", "runlocal", "threshold=0.2,steps=10,batch=16"]
                        + [f"size={s}" for s in ("small_custom", "atto", "femto", "pico", "nano")],
+    "au_autoencoder_synthetic.py": ["", "runlocal", "size=resnet18,res=44,stage=ae,steps=10,batch=16",
+                                    "size=small_custom,res=44,stage=mlp,ae=runs/au_ae.json",
+                                    "size=resnet34,recon=0.5,code=pool,code_dim=128,threshold=0.2",
+                                    "data=ckplus,fold=3,size=resnet18,res=64", "data=ckplus,size=small_custom,runlocal"],
     "convnext_synthetic.py": ["", "runlocal", "steps=10,batch=32"],
     "resnet_fer2013.py": ["", "runlocal", "size=fer_xs,crop=48,ten_crop=False", "size=fer_m,epochs=2,seed=3",
                           "size=resnet18_48,steps=100,batch=64,lr=0.05,wd=1e-4,smoothing=0,ema=0"],
@@ -52,7 +56,7 @@ COMBINATIONS = {
 }
 # (task output, expected trailing shape)
 OUTPUTS = {"classification": "logits", "affect": "valence_arousal", "action_units": "au_intensity",
-           "landmark_sequence": "logits"}
+           "action_units_apex": "au_intensity", "landmark_sequence": "logits"}
 
 
 def test_every_experiment_file_has_combinations():

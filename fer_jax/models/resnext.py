@@ -163,9 +163,10 @@ def _out_dtype(image: jax.Array, dtype: Any) -> Any:
   return jnp.promote_types(dtype or image.dtype, jnp.float32)
 
 
-def resnext_trunk(m, image: jax.Array, train: bool, arch: Arch, what: str) -> jax.Array:
+def resnext_trunk(m, image: jax.Array, train: bool, arch: Arch, what: str, return_map: bool = False):
   """Stem -> stages -> global average pool: features (B, feature_dim), float32 (float64 for float64
-  images without a compute dtype). Call from the
+  images without a compute dtype); ``return_map=True``: (features, the last stage's map (B, h, w,
+  feature_dim) in the compute dtype). Call from the
   ``@nn.compact`` method of ``m`` (fields dtype, zero_init_residual, conv_impl); creates
   ``conv1``, ``bn1`` and ``layer{s}_{i}`` in m's scope."""
   block, depths, widths, groups, base_width, stem_width = arch
@@ -179,7 +180,8 @@ def resnext_trunk(m, image: jax.Array, train: bool, arch: Arch, what: str) -> ja
     for i in range(depth):
       x = Block(block, planes, 2 if (i == 0 and s > 0) else 1, groups, base_width, m.zero_init_residual,
                 m.conv_impl, m.dtype, name=f"layer{s + 1}_{i}")(x, train)
-  return jnp.mean(x.astype(_out_dtype(image, m.dtype)), axis=(1, 2))
+  features = jnp.mean(x.astype(_out_dtype(image, m.dtype)), axis=(1, 2))
+  return (features, x) if return_map else features
 
 
 class ResNeXtBackbone(nn.Module):
@@ -194,6 +196,8 @@ class ResNeXtBackbone(nn.Module):
     conv_impl: ``CONV_IMPLS`` key of every convolution, or 'auto' ('split' on CPU, 'xla' elsewhere);
       the parameters are the same for every impl.
     dtype: compute dtype (parameters and BN statistics stay float32).
+    return_feature_map: also return the last stage's map as 'feature_map' (B, h, w, D) (the AU
+      autoencoder's encoder, ``fer_jax.models.au_autoencoder``).
   """
 
   input_names: ClassVar[Tuple[str, ...]] = ("image",)
@@ -208,6 +212,7 @@ class ResNeXtBackbone(nn.Module):
   zero_init_residual: bool = True
   conv_impl: str = "auto"
   dtype: Any = None
+  return_feature_map: bool = False
 
   def resolved(self) -> Arch:
     """(block, depths, widths, groups, base_width, stem_width), validated."""
@@ -216,7 +221,10 @@ class ResNeXtBackbone(nn.Module):
 
   @nn.compact
   def __call__(self, image: jax.Array, *, train: bool = False) -> Dict[str, jax.Array]:
-    """Returns {'features': float32 (B, D)}; ``train`` uses and updates batch statistics."""
+    """Returns {'features': float32 (B, D)[, 'feature_map']}; ``train`` uses and updates batch statistics."""
+    if self.return_feature_map:
+      features, fmap = resnext_trunk(self, image, train, self.resolved(), "ResNeXt backbone", return_map=True)
+      return {"features": features, "feature_map": fmap}
     return {"features": resnext_trunk(self, image, train, self.resolved(), "ResNeXt backbone")}
 
 
