@@ -407,8 +407,8 @@ def test_parse_evals_missing_fields(spec, missing):
 
 def test_parse_evals_unknown_type_lists_known_ones():
   with pytest.raises(KeyError, match=r"Unknown evaluator 'clasification'\. Did you mean \['classification'\]\? "
-                                     r"Known evaluators: \['action_units', 'affect', 'classification', "
-                                     r"'multilabel'"):
+                                     r"Known evaluators: \['action_units', 'affect', 'binary', 'classification', "
+                                     r"'emotic', 'multilabel'"):
     parse_evals({"val": {"type": "clasification", "split": "validation"}})
 
 

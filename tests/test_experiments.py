@@ -40,11 +40,14 @@ COMBINATIONS = {
                                       "steps=10", "runlocal", "data=synthetic,runlocal"],
     "inception_resnet_afewva.py": [f"arch={a},fold={k}" for a, k in (("shallow", 0), ("deep", 1), ("lstm", 4))]
                                   + ["width=0.5,loss=ccc,steps=10,clip_batch=4,window=8", "runlocal"],
+    "selinet_emotic.py": ["", "runlocal", "arch=ondevice", "data=synthetic,arch=ondevice,sentiment=categories,vad",
+                          "data=synthetic,steps=10,batch=16", "epochs=3,sentiment=categories"],
     "pairwise_affectnet.py": ["", "runlocal", "pair=4-5", "backbone=efficientnet_b0,pair=0-7,head=softmax",
                               "backbone=efficientnet_b2,res=224,classes=7,probe",
                               "backbone=iresnet50,sampler=undersample,easy_margin",
                               "backbone=iresnet100,pair=3-5,s=30,m=0.3",
                               "backbone=resnet_fer_s,pair=1-2,aligned,steps=100,batch=64,lr=3e-4,wd=0,seed=1"],
+    "emotic_baseline.py": ["", "runlocal", "data=synthetic", "data=synthetic,size=cpu,steps=10,batch=16", "epochs=2"],
     "emotion_bank_synthetic.py": ["", "runlocal", "arch=remo", "arch=binary", "arch=binary,size=base",
                                   "emotion=contempt,size=tiny,steps=10,batch=8", "emotion=3,landmarks=17-67",
                                   "landmarks=36,39,42,45,48-67,seed=1"],
@@ -56,7 +59,7 @@ COMBINATIONS = {
 }
 # (task output, expected trailing shape)
 OUTPUTS = {"classification": "logits", "affect": "valence_arousal", "action_units": "au_intensity",
-           "action_units_apex": "au_intensity", "landmark_sequence": "logits"}
+           "action_units_apex": "au_intensity", "landmark_sequence": "logits", "emotic": "multilabel_logits"}
 
 
 def test_every_experiment_file_has_combinations():
@@ -109,6 +112,8 @@ def test_experiment_builds_and_shape_checks(name, arg):
     assert out.shape[-1] == len(c.affect.target_keys) == 2
     frames = inputs.get("frames", inputs.get("image"))
     assert int(np.prod(out.shape[:-1])) == int(np.prod(frames.shape[:-3]))  # one output per frame
+  elif task.name == "emotic":
+    assert out.shape == (1, len(c.task_options.category_names)) == (1, 26)
   elif task.name == "landmark_sequence":
     k = c.task_options.positive_class
     assert out.shape == (1, 1 if k is not None else c.dataset.num_classes)

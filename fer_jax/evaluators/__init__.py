@@ -11,5 +11,6 @@ from fer_jax.evaluators import action_units  # noqa: F401
 from fer_jax.evaluators import affect  # noqa: F401
 from fer_jax.evaluators import binary  # noqa: F401
 from fer_jax.evaluators import classification  # noqa: F401
+from fer_jax.evaluators import emotic  # noqa: F401
 from fer_jax.evaluators import multilabel  # noqa: F401
 from fer_jax.evaluators.base import Evaluator, build_evaluators  # noqa: F401

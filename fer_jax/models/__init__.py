@@ -10,3 +10,5 @@ from fer_jax.models import iresnet  # noqa: F401
 from fer_jax.models import mobilenetv3  # noqa: F401
 from fer_jax.models import au_autoencoder  # noqa: F401
 from fer_jax.models import landmark_lstm  # noqa: F401
+from fer_jax.models import emotic_baseline  # noqa: F401
+from fer_jax.models import selinet  # noqa: F401
