@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/synthetic_demo
-PYTEST_ARGS ?=
+# Two pytest-xdist workers, whole files per worker (module fixtures build once); PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: install install-reference demo predict-demo lint test test-slow benchmark clean
 

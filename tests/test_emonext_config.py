@@ -92,6 +92,7 @@ def test_train_step_adds_the_self_attention_term():
   np.testing.assert_allclose(float(metrics["loss"]), ce + 2.5 * sa, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles a whole train step to reach the error; slow on 2 cores
 def test_sa_weight_needs_a_model_that_returns_the_term():
   c = _tiny_emonext_config(sa_weight=1.0)
   c.model.backbone = dict(name="convnext", depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), stem_patch_size=2)

@@ -138,7 +138,9 @@ def test_each_process_reads_its_own_shard(one_process, two_processes):
   assert a["labels"] == g["labels"][:8] and b["labels"] == g["labels"][8:]
 
 
-@pytest.mark.parametrize("first,second", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)],
+# Both directions are slow (about a minute each on 2 cores); test_two_processes_match_one_process stays default.
+@pytest.mark.parametrize("first,second", [pytest.param(2, 1, marks=pytest.mark.slow),
+                                          pytest.param(1, 2, marks=pytest.mark.slow)],
                          ids=["2proc_then_1proc", "1proc_then_2proc"])
 def test_checkpoint_moves_between_process_counts(tmp_path, data_dir, one_process, first, second):
   """Steps 1-6 with ``first`` processes, checkpoint, steps 7-10 with ``second`` (8 devices in all): the
