@@ -2,9 +2,9 @@
 ``python -m fer_jax.main --config=experiments/X.py:opts --workdir=DIR [--mode=train]``.
 
 ``train`` / ``evaluate`` take absl flags; any config field can be overridden (``--config.optimizer.lr=3e-4``)
-and an unknown field fails at once with its name. ``predict`` / ``explain`` / ``export`` / ``pairwise`` are
-argparse programs in ``fer_jax.predict.cli``, ``fer_jax.explain.cli``, ``fer_jax.export.cli`` and
-``fer_jax.pairwise.sweep``.
+and an unknown field fails at once with its name. ``predict`` / ``explain`` / ``export`` / ``pairwise`` /
+``emotion-bank`` are argparse programs in ``fer_jax.predict.cli``, ``fer_jax.explain.cli``,
+``fer_jax.export.cli``, ``fer_jax.pairwise.sweep`` and ``fer_jax.emotion_bank.bank``.
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ SUBCOMMANDS = {
     "explain": "Integrated Gradients heat maps per face (PNG) and attribution per facial region (CSV).",
     "export": "A model as a TFLite or ONNX file (float or int8), checked against JAX.",
     "pairwise": "Every pair of classes as a two-class model (resumable), one-vs-one voting, pair heat map.",
+    "emotion-bank": "One-vs-rest landmark models per emotion (resumable): calibrated bank, IG landmark relevance, "
+                    "pruning.",
 }
 _ARGPARSE_SUBCOMMANDS = {"predict": "fer_jax.predict.cli", "explain": "fer_jax.explain.cli",
-                         "export": "fer_jax.export.cli", "pairwise": "fer_jax.pairwise.sweep"}
+                         "export": "fer_jax.export.cli", "pairwise": "fer_jax.pairwise.sweep",
+                         "emotion-bank": "fer_jax.emotion_bank.bank"}
 _TRAIN_EXAMPLES = {
     "train": ("fer-jax train --config=experiments/resnet_fer2013.py:epochs=30 \\\n"
               "    --config.dataset.manual_dir=~/data/fer2013 --workdir=runs/resnet_fer2013"),
