@@ -126,7 +126,7 @@ def test_help_lists_every_subcommand_and_version_prints(capsys):
   from fer_jax import __version__
   code, out, _ = _run_in_process(capsys, "--help")
   assert code == 0
-  for name in ("train", "evaluate", "predict", "explain", "export", "pairwise"):
+  for name in ("train", "evaluate", "predict", "explain", "export", "pairwise", "emotion-bank"):
     assert f"\n  {name} " in out, (name, out)
   code, out, _ = _run_in_process(capsys, "--version")
   assert code == 0 and out.strip() == f"fer-jax {__version__}"
@@ -154,6 +154,7 @@ def test_unknown_or_missing_subcommand_fails_naming_the_choices(capsys):
     ("explain", ["--out_dir", "--target", "--baseline", "--steps", "--model", "--workdir"]),
     ("export", ["--format", "--int8", "--output", "--model", "--workdir"]),
     ("pairwise", ["--config", "--workdir", "--pairs", "--single", "--single_budget"]),
+    ("emotion-bank", ["--config", "--workdir", "--emotions", "--explain", "--prune", "--noise"]),
 ])
 def test_argparse_subcommands_help_lists_flags_and_an_example(capsys, sub, flags):
   code, out, _ = _run_in_process(capsys, sub, "--help")
