@@ -67,6 +67,7 @@ def _tiny_emonext_config(sa_weight):
   return c
 
 
+@pytest.mark.slow  # a whole EmoNeXt train step compiled twice (about a minute on 2 cores)
 def test_train_step_adds_the_self_attention_term():
   c = _tiny_emonext_config(sa_weight=2.5)
   model = trainer.create_model(c)
