@@ -68,9 +68,11 @@ def make_torch_step(name, args, images_nhwc, labels, threads):
                         f"{torch.get_num_threads()} threads, {n_params / 1e6:.2f}M params")
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--model", default="efficientnet_b0", help="efficientnet_b0 ... efficientnet_b7")
+def main(default_model="efficientnet_b0", description=__doc__):
+  """The benchmark of any registered timm-layout depthwise family (EfficientNet, MobileNetV3)."""
+  ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--model", default=default_model,
+                  help="a registered model taking depthwise_impl: efficientnet_b0 ... b7, mobilenetv3_*")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--size", type=int, default=112)
   ap.add_argument("--num-classes", type=int, default=7)
