@@ -144,3 +144,18 @@ def timm_to_official_convnext(sd: Any, prefix: str = "") -> dict:
       v = v[:, :, 0, 0]
     out[prefix + k2] = v
   return out
+
+
+def randomise_torch_batchnorm(model: Any, torch: Any, seed: int = 0) -> Any:
+  """Sets every ``BatchNorm2d``'s affine and running statistics away from the identity (in place; returns
+  ``model``): eval-mode BatchNorm at its defaults would hide layout bugs in a parity test."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        n = m.num_features
+        m.weight.copy_(0.5 + torch.rand(n, generator=g))
+        m.bias.copy_(0.2 * torch.randn(n, generator=g))
+        m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+        m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+  return model

@@ -11,7 +11,7 @@ import pytest
 from fer_jax.layers import conv as conv_lib
 from fer_jax.models import convert, resnext
 from fer_jax.registry import BACKBONES, MODELS, PRETRAINED
-from fer_jax.testing import RTOL64, assert_within, import_timm
+from fer_jax.testing import RTOL64, assert_within, import_timm, randomise_torch_batchnorm
 
 torch, timm = import_timm()
 F = torch.nn.functional
@@ -24,17 +24,7 @@ SMALL = dict(block="bottleneck", depths=(1, 2, 1, 1), widths=(8, 16, 16, 32), gr
 
 
 def _randomise_bn(model, seed=0):
-  """BN affine and running statistics away from the identity (eval-mode BN would otherwise hide bugs)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        n = m.num_features
-        m.weight.copy_(0.5 + torch.rand(n, generator=g))
-        m.bias.copy_(0.2 * torch.randn(n, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-        m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-  return model
+  return randomise_torch_batchnorm(model, torch, seed)
 
 
 def _timm(name, **kw):

@@ -13,7 +13,7 @@ import pytest
 
 from fer_jax.models import composite, emotic_baseline, resnext, selinet  # noqa: F401  (registers the baseline)
 from fer_jax.registry import BACKBONES, PRETRAINED
-from fer_jax.testing import import_timm
+from fer_jax.testing import import_timm, randomise_torch_batchnorm
 
 torch, timm = import_timm()
 
@@ -21,16 +21,7 @@ TINY_RESNET = dict(name="resnext", block="basic", depths=(1, 1), widths=(8, 16),
 
 
 def _randomise_bn(model, seed=0):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        n = m.num_features
-        m.weight.copy_(0.5 + torch.rand(n, generator=g))
-        m.bias.copy_(0.2 * torch.randn(n, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-        m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-  return model
+  return randomise_torch_batchnorm(model, torch, seed)
 
 
 def _timm_pooled(tmodel, x):
