@@ -15,6 +15,8 @@ displacement from the first frame), all jitted, ``model.apply(variables, train=F
 * ``binary, packed``: ``landmark_lstm.pack_landmark_model`` of it (``BinaryConvInference`` /
   ``BinaryDenseInference``: uint32 bit planes, ``n - 2 popcount(x XOR w)``; conv0 real input x
   unpacked sign kernel);
+* ``binary + LSTM``: the ``binary_lstm=True`` model (``fer_jax.layers.binary_lstm``), as trained and
+  packed: every product but the head's is an XNOR-popcount;
 * ``LSTM + head alone``: the float LSTM over the frame features plus the head, the part binarization
   leaves as it is (a floor for every contender).
 
@@ -56,8 +58,9 @@ def _nbytes(tree) -> int:
   return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
 
 
-def _model(size: str, binary: bool):
-  return composite.build_model(dict(backbone=dict(name="landmark_cnn_lstm", size=size, binary=binary),
+def _model(size: str, binary: bool, binary_lstm: bool = False):
+  return composite.build_model(dict(backbone=dict(name="landmark_cnn_lstm", size=size, binary=binary,
+                                                  binary_lstm=binary_lstm),
                                     head=dict(name="linear", num_outputs=1)))
 
 
@@ -73,6 +76,9 @@ def _case(size: str, batch: int, frames: int):
   float_model, bin_model = _model(size, False), _model(size, True)
   fv, bv = _variables(float_model, x, 1), _variables(bin_model, x, 2)
   packed_model, pv = ll.pack_landmark_model(bin_model, bv)
+  all_model = _model(size, True, True)
+  av = _variables(all_model, x, 4)
+  all_packed_model, apv = ll.pack_landmark_model(all_model, av)
   _, _, _, frame_features, hidden = float_model.backbone.resolved()
   rnn = nn.RNN(nn.OptimizedLSTMCell(hidden))
   rnn_vars = {"params": {"cell": fv["params"]["backbone"]["lstm"]}}
@@ -80,15 +86,20 @@ def _case(size: str, batch: int, frames: int):
   h_in = jax.random.normal(jax.random.key(3), (batch, frames, frame_features), jnp.float32)
 
   apply = {k: jax.jit(lambda v, x, m=m: m.apply(v, train=False, landmarks=x))
-           for k, m in (("float", float_model), ("binary", bin_model), ("packed", packed_model))}
+           for k, m in (("float", float_model), ("binary", bin_model), ("packed", packed_model),
+                        ("all", all_model), ("all packed", all_packed_model))}
   lstm = jax.jit(lambda v, h: rnn.apply(v, h)[:, -1] @ head["kernel"] + head["bias"])
   fns = {"float T-EMO": lambda: apply["float"](fv, x)["logits"],
          "binary, float simulation": lambda: apply["binary"](bv, x)["logits"],
          "binary, packed": lambda: apply["packed"](pv, x)["logits"],
+         "binary + LSTM, float simulation": lambda: apply["all"](av, x)["logits"],
+         "binary + LSTM, packed": lambda: apply["all packed"](apv, x)["logits"],
          "LSTM + head alone": lambda: lstm(rnn_vars, h_in)}
   outs = {k: np.asarray(jax.block_until_ready(f())) for k, f in fns.items()}  # compiles
   diff = float(np.max(np.abs(outs["binary, packed"] - outs["binary, float simulation"])))
   assert diff <= 1e-5 * max(1.0, float(np.max(np.abs(outs["binary, float simulation"])))), diff
+  diff_all = float(np.max(np.abs(outs["binary + LSTM, packed"] - outs["binary + LSTM, float simulation"])))
+  assert diff_all <= 1e-5 * max(1.0, float(np.max(np.abs(outs["binary + LSTM, float simulation"])))), diff_all
   binary_layers = [f"conv{i}" for i in range(len(float_model.backbone.resolved()[0]))] + ["frame_dense"]
   latent = {n: bv["params"]["backbone"][n]["latent_kernel"] for n in binary_layers}
   memory = {
@@ -97,11 +108,13 @@ def _case(size: str, batch: int, frames: int):
                                    "binary_layers_float32": _nbytes(latent)},
       "binary, packed": {**bi.packed_bytes(pv),
                          "binary_layers_packed": _nbytes({n: pv["params"]["backbone"][n] for n in binary_layers})},
+      "binary + LSTM, packed": bi.packed_bytes(apv),
       "lstm_params": _nbytes(fv["params"]["backbone"]["lstm"]),
   }
   n_params = {k: int(sum(np.prod(a.shape) for a in jax.tree.leaves(v["params"]))) for k, v in
               (("float T-EMO", fv), ("binary", bv))}
-  return fns, memory, {"packed_vs_simulation_max_abs_diff": diff, "params": n_params}
+  return fns, memory, {"packed_vs_simulation_max_abs_diff": diff, "binary_lstm_packed_vs_simulation_max_abs_diff":
+                       diff_all, "params": n_params}
 
 
 def _train_steps(size: str, batch: int, frames: int):
@@ -168,9 +181,9 @@ def main():
       print(f"\nsize {size}, batch {batch} clips x {args.frames} frames x 68 landmarks "
             f"(params: float {checks['params']['float T-EMO']:,}, binary {checks['params']['binary']:,}; "
             f"packed vs simulation max |diff| {checks['packed_vs_simulation_max_abs_diff']:.2g})")
-      print(f"  {'contender':26s} {'median ms':>10s} {'(min)':>9s} {'clips/s':>9s} {'time / float':>13s}")
+      print(f"  {'contender':32s} {'median ms':>10s} {'(min)':>9s} {'clips/s':>9s} {'time / float':>13s}")
       for name, r in rows.items():
-        print(f"  {name:26s} {r['median_ms']:10.2f} ({r['min_ms']:7.2f}) {r['clips_per_s']:9.0f} "
+        print(f"  {name:32s} {r['median_ms']:10.2f} ({r['min_ms']:7.2f}) {r['clips_per_s']:9.0f} "
               f"{r['time_vs_float']:12.2f}x")
       m = memory
       print(f"  memory: float T-EMO params {m['float T-EMO']['params']:,} B (+ BN stats "
@@ -178,7 +191,8 @@ def main():
             f"of which binary layers {m['binary, float simulation']['binary_layers_float32']:,} B float32 -> "
             f"{m['binary, packed']['binary_layers_packed']:,} B packed; packed model "
             f"{m['binary, packed']['packed']:,} B words + {m['binary, packed']['float']:,} B float (BN, LSTM "
-            f"{m['lstm_params']:,} B, head)", flush=True)
+            f"{m['lstm_params']:,} B, head); binary + LSTM packed model {m['binary + LSTM, packed']['packed']:,} B "
+            f"words + {m['binary + LSTM, packed']['float']:,} B float", flush=True)
   if args.train_batch:
     size = args.sizes.split(",")[0]
     fns, params = _train_steps(size, args.train_batch, args.frames)

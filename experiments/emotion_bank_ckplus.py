@@ -25,7 +25,7 @@ On a TPU pod slice (one process per host):
       --workdir=gs://BUCKET/runs/bank_ck/surprise_binary_f3
 
 Options (after ``:``): ``emotion`` (anger, contempt, disgust, fear, happy, sadness, surprise or the
-id 1-7), ``fold`` (0-9), ``arch`` (temo | remo | binary), ``size`` (tiny | small | base; default
+id 1-7), ``fold`` (0-9), ``arch`` (temo | remo | binary | binary_lstm), ``size`` (tiny | small | base; default
 small), ``steps``, ``batch`` (clips per global batch), ``landmarks``, ``ranking``
 (kept landmarks, as in ``emotion_bank_synthetic.py``), ``seed``, ``runlocal``.
 """

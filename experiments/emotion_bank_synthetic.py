@@ -18,7 +18,8 @@ Architectures (``arch``): ``temo`` (T-EMO: everything trained), ``remo`` (R-EMO:
 front end stays random and frozen, ``landmark_lstm.FRONT_END_FROZEN``; its BatchNorm, the frame dense
 layer, the LSTM and the head train), ``binary`` (T-EMO with binarized convs and frame dense layer:
 weights and activations in {-1, +1}, straight-through estimators; LSTM and head float; freeze it for
-XNOR-popcount inference with ``landmark_lstm.pack_landmark_model``). The paper gives no sizes,
+XNOR-popcount inference with ``landmark_lstm.pack_landmark_model``), ``binary_lstm`` (the LSTM binarized
+too, ``fer_jax.layers.binary_lstm``: every product but the head's runs packed). The paper gives no sizes,
 optimiser or schedule: ours are below (AdamW 2e-3, warm-up cosine, batch 32 clips, 600 steps).
 
 On a TPU pod slice (one process per host; the 8 models of the bank are 8 such runs, ``emotion=``):
@@ -28,12 +29,14 @@ On a TPU pod slice (one process per host; the 8 models of the bank are 8 such ru
       --config.dataset.data_dir=gs://BUCKET/tfds --workdir=gs://BUCKET/runs/bank/surprise_binary
 
 Options (after ``:``): ``emotion`` (a class name or id: angry, disgust, fear, happy, sad, surprise,
-neutral, contempt), ``arch`` (temo | remo | binary), ``size`` (tiny | small | base; default small),
+neutral, contempt), ``arch`` (temo | remo | binary | binary_lstm), ``size`` (tiny | small | base; default small),
 ``steps``, ``batch`` (clips per global batch), ``landmarks`` (the kept landmarks: indices and inclusive
 ranges separated by commas or ``+``, e.g. ``landmarks=17-67`` or ``landmarks=36,39,42,45,48-67``; a
 single number N keeps the first N of ``ranking``; a single landmark k is ``k-k``), ``ranking`` (a JSON
 file: a list of landmark indices, most relevant first, or ``{"ranking": [...]}``, e.g. from an
-Integrated-Gradients ranking), ``seed``, ``runlocal``.
+Integrated-Gradients ranking), ``seed``, ``runlocal``, ``data`` (``exact``: the rendered landmarks, which
+every variant separates; ``tracked``: ``synthetic_expressions/sequences_tracked``, the same clips with a
+face tracker's landmark error, 0.05 inter-ocular distances per point, where the variants differ).
 """
 
 import json
@@ -45,10 +48,13 @@ from fer_jax.data import synthetic
 from fer_jax.models import landmark_lstm
 from fer_jax.train.tasks import landmark_sequence
 
-ARCHS = ("temo", "remo", "binary")
+ARCHS = ("temo", "remo", "binary", "binary_lstm")
 SIZES = tuple(landmark_lstm.SIZES)
 DEFAULTS = dict(emotion="happy", arch="temo", size="", steps=600, batch=32, landmarks="", ranking="",
                 seed=0, runlocal=False)
+# data= -> the synthetic_expressions config: exact rendered landmarks, or a face tracker's (error 0.05
+# inter-ocular distances, twice that on the jaw, correlated over frames; the same clips otherwise).
+DATA = {"exact": "sequences", "tracked": "sequences_tracked"}
 
 
 def merge_landmark_lists(arg):
@@ -151,8 +157,9 @@ def bank_config(arg, *, class_names, present=None):
   if arg.arch == "remo":
     backbone["random_front_end"] = True
     c.optimizer.frozen = landmark_lstm.FRONT_END_FROZEN
-  elif arg.arch == "binary":
+  elif arg.arch in ("binary", "binary_lstm"):
     backbone["binary"] = True
+    backbone["binary_lstm"] = arg.arch == "binary_lstm"
   c.model.backbone = backbone
   c.model.head = dict(name="linear", num_outputs=1)
   c.loss = dict(bce=dict(weight=1.0))
@@ -164,7 +171,7 @@ def bank_config(arg, *, class_names, present=None):
                  sampler=dict(name="class_balanced", class_weights=tuple(weights)))
   # No weight decay on latent binary kernels (it would pull them to 0, flipping signs at random).
   c.optimizer.update(name="adamw", lr=2e-3, weight_decay=1e-4, grad_clip_norm=1.0,
-                     no_decay_regex="latent_kernel" if arg.arch == "binary" else "$^")
+                     no_decay_regex="latent_kernel" if arg.arch.startswith("binary") else "$^")
   c.schedule.update(name="warmup_cosine", warmup_steps=100)
   c.num_train_steps = arg.steps
   c.log_every_steps = 50
@@ -174,9 +181,10 @@ def bank_config(arg, *, class_names, present=None):
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(merge_landmark_lists(arg), **DEFAULTS)
+  arg = config_utils.parse_arg(merge_landmark_lists(arg), **DEFAULTS, data="exact")
+  config_utils.check_choice(arg, "data", tuple(DATA))
   c = bank_config(arg, class_names=synthetic.CLASS_NAMES)
-  c.dataset.update(name="synthetic_expressions/sequences", image_size=48)
+  c.dataset.update(name=f"synthetic_expressions/{DATA[arg.data]}", image_size=48)
   if arg.runlocal:
     config_utils.apply_runlocal(c)
   return c

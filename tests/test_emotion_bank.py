@@ -507,3 +507,21 @@ def test_tiny_bank_end_to_end(tmp_path):
   assert len(pr["levels"][1]["kept"]) == 20 and pr["levels"][1]["compute"]["macs"]["total"] < pr["levels"][0][
       "compute"]["macs"]["total"]
   assert (tmp_path / "bank" / "temo" / "pruning.png").exists()
+
+
+@pytest.mark.slow  # ~30 s: four jit compiles and packing (the packed layers' equality is tested by default in
+# tests/test_landmark_lstm.py)
+def test_latency_functions_packed_bank_equals_each_float_member(clips):
+  """The functions timed per pruning level: the vmapped bank gives each member's own logits, and a binary
+  bank's packed XNOR-popcount twin gives the same numbers."""
+  ms = [_member("binary", seed=s) for s in range(2)]
+  raw = jnp.asarray(clips[0][:2])
+  fns = pruning.latency_functions(ms, raw)
+  assert sorted(fns) == ["bank", "bank_packed", "model", "model_packed"]
+  want = np.stack([np.asarray(jax.jit(m.model.apply, static_argnames="train")(
+      m.variables, train=False, landmarks=m.task.preprocess({"landmarks": raw})["landmarks"])["logits"][:, 0])
+      for m in ms])
+  assert np.ptp(want, axis=0).min() > 1e-3  # the members differ
+  np.testing.assert_allclose(np.asarray(fns["bank"]()), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(fns["bank_packed"]()), want, rtol=1e-5, atol=1e-5)
+  assert sorted(pruning.latency_functions([_member("temo")], raw)) == ["bank", "model"]

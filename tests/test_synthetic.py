@@ -320,3 +320,42 @@ def test_bad_input_raises_clear_errors():
     syn.expression_action_units([8], [1.0])
   with pytest.raises(ValueError, match="count must be an integer >= 0"):
     syn.sample_examples(0, "train", 0, -1)
+
+
+def test_tracked_sequences_add_only_a_tracker_error_with_the_documented_statistics():
+  kw = dict(num_frames=12, size=24)
+  exact = syn.sample_sequences(5, "validation", 3, 6, **kw)
+  tracked = syn.sample_sequences(5, "validation", 3, 6, tracking_noise=0.05, **kw)
+  for k in exact:  # frames, labels, AUs ... unchanged: the error has a random stream of its own
+    if k != "landmarks":
+      np.testing.assert_array_equal(tracked[k], exact[k], err_msg=k)
+  # Independent re-draw of clip 4's error from its documented stream, AR(1) written out by hand.
+  lm = exact["landmarks"][1].astype(np.float64)
+  eps = np.random.default_rng([5, 1, 4, 2]).standard_normal((12, 68, 2))
+  z = [eps[0]]
+  for t in range(1, 12):
+    z.append(0.6 * z[-1] + 0.8 * eps[t])
+  iod = np.hypot(*(lm[:, 45] - lm[:, 36]).T)
+  sd = np.where(np.arange(68) < 17, 0.1, 0.05)
+  want = lm + np.array(z) * sd[None, :, None] * iod[:, None, None]
+  np.testing.assert_allclose(tracked["landmarks"][1], want, rtol=0, atol=2e-4)
+  # Statistics over many clips: per-point sd / IOD = 0.05 (0.1 on the jaw), lag-1 correlation 0.6.
+  rng = np.random.default_rng(0)
+  base = np.tile(lm[:1], (16, 1, 1))
+  err = np.stack([syn.tracker_noise(rng, base, 0.05) for _ in range(400)]) / iod[0]
+  np.testing.assert_allclose(err[:, :, 17:].std(), 0.05, rtol=0.03)
+  np.testing.assert_allclose(err[:, :, :17].std(), 0.10, rtol=0.03)
+  lag1 = np.mean(err[:, 1:] * err[:, :-1]) / np.mean(err[:, :-1] ** 2)
+  assert abs(lag1 - 0.6) < 0.02, lag1
+
+
+def test_intensity_scale_makes_subtler_clips_and_bad_options_are_named():
+  full = syn.sample_sequences(0, "train", 0, 8, num_frames=6, size=16)
+  half = syn.sample_sequences(0, "train", 0, 8, num_frames=6, size=16, intensity_scale=0.5)
+  np.testing.assert_allclose(half["intensity"], 0.5 * full["intensity"], rtol=1e-6)
+  np.testing.assert_array_equal(half["frame_labels"],
+                                np.where(half["intensity"] >= 0.25 - 1e-6, full["label"][:, None], 6))
+  with pytest.raises(ValueError, match="tracking_noise.*-0.1"):
+    syn.sample_sequences(0, "train", 0, 1, num_frames=2, size=16, tracking_noise=-0.1)
+  with pytest.raises(ValueError, match="intensity_scale.*1.5"):
+    syn.sample_sequences(0, "train", 0, 1, num_frames=2, size=16, intensity_scale=1.5)

@@ -72,7 +72,8 @@ __all__ = [
     "AU_JITTER_STD", "AU_JITTER_MAX", "SPLITS", "IDENTITY_RANGES", "POSE_RANGES", "SCENE_RANGES",
     "DRIFT_RANGES", "NUM_AUS", "NUM_LANDMARKS", "prototype_matrix", "expression_action_units",
     "valence_arousal", "canonical_landmarks", "pose_affine", "apply_affine", "params_from_uniform",
-    "render_faces", "intensity_ramp", "sample_examples", "sample_sequences",
+    "render_faces", "intensity_ramp", "sample_examples", "sample_sequences", "tracker_noise",
+    "TRACKER_CORRELATION", "TRACKER_JAW_FACTOR",
 ]
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")
@@ -1069,21 +1070,61 @@ def intensity_ramp(num_frames: int, onset: float, apex: float, hold: bool = True
   return (x * x * (3 - 2 * x)).astype(np.float32)
 
 
+# Landmark-tracker error model of ``sample_sequences(tracking_noise=...)``: frame-to-frame correlation of a
+# point's error (an AR(1) process: trackers drift more than they jitter) and the jaw contour's error relative
+# to the inner points (contour points have no texture along the contour and are the worst localised, as in
+# 300-W's per-point errors, Sagonas et al. 2016).
+TRACKER_CORRELATION = 0.6
+TRACKER_JAW_FACTOR = 2.0
+
+
+def tracker_noise(rng: np.random.Generator, landmarks: np.ndarray, level: float) -> np.ndarray:
+  """Additive landmark error of one clip (T, 68, 2), as a face tracker makes it.
+
+  Each coordinate's error is a stationary AR(1) series over the frames (``TRACKER_CORRELATION``) with a
+  standard deviation of ``level`` times the frame's inter-ocular distance (outer eye corners 36 / 45; a
+  tracker's normalised mean error is quoted in these units), ``TRACKER_JAW_FACTOR`` times that on the jaw
+  points 0-16.
+  """
+  t_n = landmarks.shape[0]
+  iod = np.linalg.norm(landmarks[:, 45] - landmarks[:, 36], axis=-1)  # (T,)
+  scale = np.full(NUM_LANDMARKS, float(level))
+  scale[:17] *= TRACKER_JAW_FACTOR
+  rho = TRACKER_CORRELATION
+  eps = rng.standard_normal((t_n, NUM_LANDMARKS, 2))
+  z = np.empty_like(eps)
+  z[0] = eps[0]
+  for t in range(1, t_n):
+    z[t] = rho * z[t - 1] + math.sqrt(1 - rho * rho) * eps[t]
+  return (z * scale[None, :, None] * iod[:, None, None]).astype(np.float32)
+
+
 def sample_sequences(seed: int, split, start: int, count: int, num_frames: int = 16,
                      size: int = 48, channels: int = 1, hold: bool = True,
-                     chunk: int = 256) -> Dict[str, np.ndarray]:
+                     chunk: int = 256, tracking_noise: float = 0.0,
+                     intensity_scale: float = 1.0) -> Dict[str, np.ndarray]:
   """Clips going from neutral to an expression's apex, same identity, slowly drifting pose.
 
   Per clip: onset at a fraction U[0, 0.25] of the clip, apex at onset + U[0.3, 0.6] (then held, or
-  at the last frame when ``hold=False``); apex intensity as for still images. Keys: frames uint8
-  (B, T, size, size, channels), label int64 (B,) (the apex class), frame_labels int64 (B, T) (the
-  class once the frame intensity reaches INTENSITY_RANGE[0], neutral before), intensity / valence /
-  arousal float32 (B, T), action_units float32 (B, T, NUM_AUS), landmarks float32 (B, T, 68, 2),
-  id int64 (B,). Clip ``i`` only depends on (seed, split, i).
+  at the last frame when ``hold=False``); apex intensity as for still images, times ``intensity_scale``
+  (in (0, 1]: subtler expressions). Keys: frames uint8 (B, T, size, size, channels), label int64 (B,)
+  (the apex class), frame_labels int64 (B, T) (the class once the frame intensity reaches
+  ``intensity_scale * INTENSITY_RANGE[0]``, neutral before), intensity / valence / arousal float32 (B, T),
+  action_units float32 (B, T, NUM_AUS), landmarks float32 (B, T, 68, 2), id int64 (B,). Clip ``i`` only
+  depends on (seed, split, i).
+
+  ``tracking_noise`` > 0 gives the landmarks a tracker's error (:func:`tracker_noise`, its level in units of
+  the inter-ocular distance) drawn from a stream of its own (``[seed, split_id, i, 2]``): the frames and
+  every other key are those of ``tracking_noise=0``, and only ``landmarks`` differ.
   """
   _check_count(seed, start, count, size, channels, chunk)
   if int(num_frames) != num_frames or num_frames < 1:
     raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+  if not (isinstance(tracking_noise, (int, float)) and 0 <= tracking_noise < 1):
+    raise ValueError(f"tracking_noise must be a fraction of the inter-ocular distance in [0, 1), got "
+                     f"{tracking_noise!r}")
+  if not (isinstance(intensity_scale, (int, float)) and 0 < intensity_scale <= 1):
+    raise ValueError(f"intensity_scale must be in (0, 1], got {intensity_scale!r}")
   sid = _split_id(split)
   t_n = int(num_frames)
   draws, ramps, drifts, noises = [], [], [], []
@@ -1097,6 +1138,7 @@ def sample_sequences(seed: int, split, start: int, count: int, num_frames: int =
   labels = np.array([d[0] for d in draws], np.int64).reshape(count)
   apex = np.array([d[1] for d in draws], np.float32).reshape(count)
   apex[labels == NEUTRAL] = 0.0
+  apex *= np.float32(intensity_scale)
   inten = (apex[:, None] * np.array(ramps, np.float32).reshape(count, t_n)).astype(np.float32)
   rep = lambda x: np.repeat(np.asarray(x), t_n, axis=0)
   mirror = np.array([d[2] for d in draws], bool).reshape(count)
@@ -1121,10 +1163,13 @@ def sample_sequences(seed: int, split, start: int, count: int, num_frames: int =
     frames[sl], landmarks[sl] = render_faces(au[sl], sub(ident), sub(pose), size, channels,
                                              sub(scene), noise[sl])
   val, aro = valence_arousal(rep(labels), inten.reshape(-1))
-  frame_labels = np.where(inten >= INTENSITY_RANGE[0] - 1e-6, labels[:, None], NEUTRAL)
+  frame_labels = np.where(inten >= intensity_scale * INTENSITY_RANGE[0] - 1e-6, labels[:, None], NEUTRAL)
+  landmarks = landmarks.reshape(count, t_n, NUM_LANDMARKS, 2)
+  if tracking_noise:
+    for j, i in enumerate(range(start, start + count)):
+      landmarks[j] += tracker_noise(np.random.default_rng([int(seed), sid, i, 2]), landmarks[j], tracking_noise)
   return {"frames": frames.reshape(count, t_n, size, size, channels), "label": labels,
           "frame_labels": frame_labels.astype(np.int64), "intensity": inten,
           "valence": val.reshape(count, t_n), "arousal": aro.reshape(count, t_n),
           "action_units": au.reshape(count, t_n, NUM_AUS),
-          "landmarks": landmarks.reshape(count, t_n, NUM_LANDMARKS, 2),
-          "id": np.arange(start, start + count, dtype=np.int64)}
+          "landmarks": landmarks, "id": np.arange(start, start + count, dtype=np.int64)}

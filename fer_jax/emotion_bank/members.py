@@ -31,15 +31,16 @@ __all__ = ["Member", "load_member", "split_clips", "variant_name"]
 
 
 def variant_name(config) -> str:
-  """'remo' (random frozen front end), 'temo' (all trained) or 'binary' (binarized T-EMO), read from the
-  backbone config; '_remo' appended to a binary R-EMO."""
+  """'remo' (random frozen front end), 'temo' (all trained), 'binary' (binarized T-EMO) or 'binary_lstm'
+  (its LSTM binarized too), read from the backbone config; '_remo' appended to a binary R-EMO."""
   bb = config.model.backbone
   if bb.get("name") != "landmark_cnn_lstm":
     raise ValueError(f"config.model.backbone.name={bb.get('name')!r}; the emotion bank needs "
                      "'landmark_cnn_lstm' models (experiments/emotion_bank_synthetic.py)")
   binary, random = bool(bb.get("binary", False)), bool(bb.get("random_front_end", False))
   if binary:
-    return "binary_remo" if random else "binary"
+    name = "binary_lstm" if bb.get("binary_lstm", False) else "binary"
+    return name + "_remo" if random else name
   return "remo" if random else "temo"
 
 

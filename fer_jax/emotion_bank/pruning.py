@@ -22,7 +22,8 @@ choice, the paper's are unknown):
   see facial neighbours) in ``WORKDIR/<variant>_keep<N>/``, and reported like the full bank.
 
 Outputs in ``WORKDIR/<variant>/``: ``pruning.json`` (the kept sets: a rerun reuses them), ``pruning.md``
-(accuracy and compute per level), ``pruning.png`` (accuracy, multiply-accumulates and latency vs landmarks
+(accuracy and compute per level; binary banks also the latency of their packed XNOR-popcount models,
+``landmark_lstm.pack_landmark_model``), ``pruning.png`` (accuracy, multiply-accumulates and latency vs landmarks
 kept) and ``pruning_landmarks.png`` (the kept points of each level on the mean face).
 """
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from fer_jax.emotion_bank import bank as bank_lib
 from fer_jax.emotion_bank import compute, explain
+from fer_jax.models import landmark_lstm
 from fer_jax.emotion_bank import members as members_lib
 from fer_jax.emotion_bank import report as report_lib
 
@@ -192,6 +194,36 @@ def run_pruning(spec: str, workdir: str, keeps: Sequence[int], schedule: str = "
 # Compute per level.
 # ----------------------------------------------------------------------------------------------------
 
+def latency_functions(members: Sequence[Any], raw: jax.Array) -> Dict[str, Callable[[], jax.Array]]:
+  """Jitted batch-1 calls from stored landmarks ``raw`` (normalisation included) to logits: 'model' (the
+  first member), 'bank' (all members vmapped over stacked parameters: (K, B)) and, for binary members, the
+  same of their packed XNOR-popcount models ('model_packed', 'bank_packed';
+  ``landmark_lstm.pack_landmark_model``)."""
+  m = members[0]
+
+  def bank_fn(model):
+    def run(vs, r):
+      x = m.task.preprocess({"landmarks": r})["landmarks"]
+      return jax.vmap(lambda v: model.apply(v, train=False, landmarks=x)["logits"][:, 0])(vs)
+    return jax.jit(run)
+
+  def model_fn(model):
+    return jax.jit(lambda v, r: model.apply(v, train=False, landmarks=m.task.preprocess({"landmarks": r})[
+        "landmarks"])["logits"])
+
+  stack = lambda vs: jax.tree.map(lambda *a: jnp.stack(a), *vs)  # noqa: E731
+  runs = {"": (m.model, [mm.variables for mm in members])}
+  if m.config.model.backbone.get("binary"):
+    packed = [landmark_lstm.pack_landmark_model(mm.model, mm.variables) for mm in members]
+    runs["_packed"] = (packed[0][0], [v for _, v in packed])
+  fns = {}
+  for suffix, (model, variables) in runs.items():
+    one, all_ = model_fn(model), bank_fn(model)
+    fns["model" + suffix] = lambda f=one, v=variables[0]: f(v, raw)
+    fns["bank" + suffix] = lambda f=all_, v=stack(variables): f(v, raw)
+  return fns
+
+
 def level_compute(bank_dirs: Sequence[str], rounds: int = 5, calls: int = 20,
                   noise: Optional[Sequence[float]] = None) -> List[Dict[str, Any]]:
   """Per bank: MACs per clip per model (``compute.macs``), XLA's flops, and batch-1 latency of one model and
@@ -210,43 +242,39 @@ def level_compute(bank_dirs: Sequence[str], rounds: int = 5, calls: int = 20,
     counts = compute.macs(dict(m.config.model.backbone), int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     flops = compute.xla_flops(lambda v, x, m=m: m.model.apply(v, train=False, landmarks=x)["logits"],
                               m.variables, x)
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[mm.variables for mm in members])
-
-    def one(v, r, m=m):
-      return m.model.apply(v, train=False, landmarks=m.task.preprocess({"landmarks": r})["landmarks"])["logits"]
-
-    def bank(vs, r, m=m):
-      x = m.task.preprocess({"landmarks": r})["landmarks"]
-      return jax.vmap(lambda v: m.model.apply(v, train=False, landmarks=x)["logits"][:, 0])(vs)
-
-    f1, fk = jax.jit(one), jax.jit(bank)
-    fns[(d, "model")] = (lambda f=f1, v=m.variables, r=raw: f(v, r))
-    fns[(d, "bank")] = (lambda f=fk, v=stacked, r=raw: f(v, r))
+    for key, fn in latency_functions(members, raw).items():
+      fns[(d, key)] = fn
     rows.append({"macs": counts, "xla_flops_per_model": flops, "models": len(members),
                  "bank_macs": counts["total"] * len(members)})
     if noise:
       rows[-1]["noise"] = robustness.bank_noise(d, noise, loaded=loaded)
   lat = compute.latency_ms(fns, rounds=rounds, calls=calls)
   for d, row in zip(bank_dirs, rows):
-    row["latency_model_ms"] = lat[(d, "model")]
-    row["latency_bank_ms"] = lat[(d, "bank")]
+    for key in ("model", "bank", "model_packed", "bank_packed"):
+      if (d, key) in lat:
+        row[f"latency_{key}_ms"] = lat[(d, key)]
   return rows
 
 
 def pruning_markdown(results: Sequence[Dict[str, Any]], schedule: str, split: str) -> str:
   sigmas = [n["sigma"] for n in (results[0].get("noise") or []) if n["sigma"] > 0] if results else []
+  packed = any("latency_bank_packed_ms" in (r.get("compute") or {}) for r in results)
   lines = [f"Landmark pruning ({schedule} ranking by the global |IG| share on the {split} split; each level "
            "retrained; test split)", "",
            "| landmarks kept | multi-class acc % | macro-F1 % | one-vs-rest acc % / F1 % (mean) | " +
            "".join(f"acc % at noise {s:g} IOD | " for s in sigmas) + "MACs per clip, one "
-           "model (bank) | XLA flops, one model | latency one model / bank, ms (batch 1) | bank training s |",
-           "|---|---|---|---|" + "---|" * len(sigmas) + "---|---|---|---|"]
+           "model (bank) | XLA flops, one model | latency one model / bank, ms (batch 1) | " +
+           ("packed: one model / bank, ms | " if packed else "") + "bank training s |",
+           "|---|---|---|---|" + "---|" * len(sigmas) + "---|---|---|" + ("---|" if packed else "") + "---|"]
   for r in results:
     m = r.get("multiclass")
     c = r.get("compute")
     acc = f"{100 * m['accuracy']:.1f} | {100 * m['macro_f1']:.1f}" if m else " | "
     comp = (f"{c['macs']['total']:,} ({c['bank_macs']:,}) | {c['xla_flops_per_model']:,.0f} | "
             f"{c['latency_model_ms']['median_ms']:.3f} / {c['latency_bank_ms']['median_ms']:.3f}") if c else " | | "
+    if packed:
+      comp += (f" | {c['latency_model_packed_ms']['median_ms']:.3f} / {c['latency_bank_packed_ms']['median_ms']:.3f}"
+               if c and "latency_bank_packed_ms" in c else " | ")
     noisy = {n["sigma"]: n for n in (r.get("noise") or [])}
     cells = "".join(f"{100 * noisy[s]['accuracy']:.1f} | " if s in noisy else " | " for s in sigmas)
     lines.append(f"| {r['keep']} | {acc} | {100 * r['mean_accuracy']:.1f} / {100 * r['mean_f1']:.1f} | {cells}{comp} | "
@@ -287,7 +315,12 @@ def _plot(results: Sequence[Dict[str, Any]], path: str) -> None:
   a2.invert_xaxis()
   a2.grid(alpha=0.3)
   a3 = a2.twinx()
-  a3.plot(keep, [r["compute"]["latency_bank_ms"]["median_ms"] for r in results], "s--", color="tab:blue", mfc="none")
+  a3.plot(keep, [r["compute"]["latency_bank_ms"]["median_ms"] for r in results], "s--", color="tab:blue", mfc="none",
+          label="float simulation" if "latency_bank_packed_ms" in results[0]["compute"] else None)
+  if "latency_bank_packed_ms" in results[0]["compute"]:
+    a3.plot(keep, [r["compute"]["latency_bank_packed_ms"]["median_ms"] for r in results], "d:", color="tab:blue",
+            label="packed XNOR-popcount")
+    a3.legend(fontsize=7, loc="upper right")
   a3.set_ylabel(f"bank latency, batch 1 (ms; {results[0]['compute']['models']} models)", color="tab:blue")
   fig.suptitle(f"bank {results[0].get('variant', '')}: landmark pruning", fontsize=9)
   fig.tight_layout()

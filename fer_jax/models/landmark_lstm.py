@@ -24,10 +24,10 @@ so the 2-D convs below are 1-D convs along the landmark index when ``conv_kernel
     kernel (``quantizer``, default ``ste_sign``; +1 padding, larq's recommendation, exact on the
     packed path); the BatchNorm before each of them centres and scales what its sign sees, so no
     ReLU and no XNOR-Net scale (BN absorbs it);
-  * the LSTM (and the ``linear`` head) stay float: we found no clean binarised formulation of the
-    gates (sigmoid / tanh of +-1 sums are far from the float gates), and the LSTM is a small part of
-    the weights at these sizes (see ``benchmarks/emotion_bank_speed.py``). The LSTM input is the real
-    output of ``frame_bn``.
+  * the LSTM (and the ``linear`` head) stay float by default: the LSTM input is the real output of
+    ``frame_bn``. ``binary_lstm=True`` binarizes it too (``fer_jax.layers.binary_lstm.BinaryLSTM``: +-1
+    inputs, +-1 state and +-1 kernels in the gates' products, learned per-gate scales, float gates and
+    cell state), so that every product of the model but the 1-output head is an XNOR-popcount.
   Latent kernels are named ``latent_kernel`` and clipped to [-1, 1] by every optimizer of
   ``fer_jax.train.optim`` (``quant.clip_latent_kernels``).
 
@@ -80,7 +80,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fer_jax.layers import binary_inference as bi
-from fer_jax.layers import quant
+from fer_jax.layers import binary_lstm, quant
 from fer_jax.registry import BACKBONES
 
 __all__ = ["SIZES", "FRONT_END_FROZEN", "LandmarkCNNLSTM", "SignKernelConvInference", "ConvNoGrad",
@@ -173,6 +173,7 @@ class LandmarkCNNLSTM(nn.Module):
     lstm_hidden: LSTM units (the feature width).
     pooling: 'last' (the last hidden state) or 'mean' (over frames).
     binary: binarized convs and frame dense (see the module docstring).
+    binary_lstm: also a binarized LSTM (needs ``binary``; ``fer_jax.layers.binary_lstm``).
     quantizer: the sign quantizer of the binary layers (a ``fer_jax.layers.quant`` name).
     random_front_end: R-EMO: no gradient into the conv kernels (pair with ``FRONT_END_FROZEN``).
     packed: inference with packed XNOR-popcount layers (built by ``pack_landmark_model``).
@@ -190,6 +191,7 @@ class LandmarkCNNLSTM(nn.Module):
   lstm_hidden: Optional[int] = None
   pooling: str = "last"
   binary: bool = False
+  binary_lstm: bool = False
   quantizer: str = "ste_sign"
   random_front_end: bool = False
   packed: bool = False
@@ -217,6 +219,8 @@ class LandmarkCNNLSTM(nn.Module):
     if self.binary and not quant.is_binary_quantizer(self.quantizer):
       raise ValueError(f"landmark_cnn_lstm quantizer={self.quantizer!r} does not output +-1; expected one "
                        f"of {[q for q in quant.QUANTIZERS if quant.is_binary_quantizer(q)]}")
+    if self.binary_lstm and not self.binary:
+      raise ValueError("landmark_cnn_lstm binary_lstm=True needs binary=True (binarized front end)")
     if self.packed and not self.binary:
       raise ValueError("landmark_cnn_lstm packed=True needs binary=True (pack_landmark_model builds it)")
     if self.method not in bi.METHODS:
@@ -256,7 +260,10 @@ class LandmarkCNNLSTM(nn.Module):
     x = norm(name="frame_bn")(x)
     if not self.binary:
       x = nn.relu(x)
-    h = nn.RNN(nn.OptimizedLSTMCell(hidden, dtype=self.dtype, kernel_init=lecun_init, name="lstm"))(x)
+    if self.binary_lstm:
+      h = binary_lstm.BinaryLSTM(hidden, self.quantizer, packed=self.packed, method=self.method, name="lstm")(x)
+    else:
+      h = nn.RNN(nn.OptimizedLSTMCell(hidden, dtype=self.dtype, kernel_init=lecun_init, name="lstm"))(x)
     out = h[:, -1] if self.pooling == "last" else jnp.mean(h, axis=1)
     return {"features": out.astype(jnp.float32)}
 
@@ -317,8 +324,8 @@ def pack_landmark_model(model, variables: Mapping[str, Any], *, method: str = "t
   ``model``: a ``fer_jax.models.composite.Model`` whose backbone is a ``LandmarkCNNLSTM`` with
   ``binary=True``; ``variables``: its ``{'params', 'batch_stats'}``. The binary-input layers
   (``conv{i>0}``, ``frame_dense``) go through ``binary_inference.pack_quant_conv`` /
-  ``pack_quant_dense`` (XNOR-popcount in int32), ``conv0`` through ``SignKernelConvInference``;
-  BatchNorm, LSTM and head variables are kept. ``packed_bytes`` of the result counts the words.
+  ``pack_quant_dense`` (XNOR-popcount in int32), ``conv0`` through ``SignKernelConvInference``, a
+  ``binary_lstm`` through ``binary_lstm.pack_binary_lstm``; BatchNorm, float LSTM and head variables are kept. ``packed_bytes`` of the result counts the words.
   """
   bb = getattr(model, "backbone", None)
   if not isinstance(bb, LandmarkCNNLSTM):
@@ -351,6 +358,8 @@ def pack_landmark_model(model, variables: Mapping[str, Any], *, method: str = "t
   _, v = bi.pack_quant_dense(dense_layer(plain, frame_features), {"params": old["frame_dense"]},
                              method=method)
   new["frame_dense"] = v["params"]
+  if bb.binary_lstm:
+    new["lstm"] = binary_lstm.pack_binary_lstm(old["lstm"])
   params["backbone"] = new
   packed_model = model.clone(backbone=bb.clone(packed=True, random_front_end=False, method=method))
   return packed_model, {**variables, "params": params}

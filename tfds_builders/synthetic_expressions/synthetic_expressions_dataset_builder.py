@@ -10,6 +10,10 @@ Configs (``tfds.builder('synthetic_expressions/<name>')``):
   * ``grey48`` (default): 48x48x1 stills, like FER2013; train 16000 / validation 2000 / test 2000.
   * ``rgb64``: 64x64x3 stills; same split sizes.
   * ``sequences``: clips of 16 frames of 48x48x1 going neutral -> apex; 2000 / 300 / 300 clips.
+  * ``sequences_tracked``: the same clips (identical frames and labels) with the landmarks a face tracker
+    would give: an error of 0.05 inter-ocular distances per point (twice that on the jaw), correlated over
+    frames (``synthetic.tracker_noise``). The exact landmarks of ``sequences`` are separable by any model;
+    these are not, like real tracked landmarks (CK+'s are AAM fits).
   * ``scenes``: a person (the same faces on a posed body) in a scene, EMOTIC-style records (96x96
     context, 64x64 body crop, 26 categories, valence / arousal / dominance) from
     `fer_jax.data.synthetic_scenes`; 8000 / 1000 / 1000. ``data_source[split][i]`` equals
@@ -47,6 +51,8 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
     scenes: EMOTIC-style person-in-scene records (`fer_jax.data.synthetic_scenes`) instead of faces;
       ``image_size``, ``channels``, ``num_frames`` and ``hold`` are then unused.
     context_size / body_size: scene side and body-crop side in pixels (``scenes`` only).
+    tracking_noise: landmark-tracker error of clips, in inter-ocular distances (0: exact landmarks).
+    intensity_scale: apex intensities of clips times this, in (0, 1] (subtler expressions).
   """
 
   image_size: int = 48
@@ -61,6 +67,8 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
   scenes: bool = False
   context_size: int = 96
   body_size: int = 64
+  tracking_noise: float = 0.0
+  intensity_scale: float = 1.0
 
   def __post_init__(self):
     if self.channels not in (1, 3):
@@ -74,6 +82,12 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
       raise ValueError(f"image_size must be >= 8, got {self.image_size!r}")
     if self.chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
+    if not (isinstance(self.tracking_noise, (int, float)) and 0 <= self.tracking_noise < 1):
+      raise ValueError(f"tracking_noise must be in [0, 1) inter-ocular distances, got {self.tracking_noise!r}")
+    if not (isinstance(self.intensity_scale, (int, float)) and 0 < self.intensity_scale <= 1):
+      raise ValueError(f"intensity_scale must be in (0, 1], got {self.intensity_scale!r}")
+    if (self.tracking_noise or self.intensity_scale != 1) and not self.num_frames:
+      raise ValueError("tracking_noise / intensity_scale apply to clips: set num_frames > 0")
     if self.scenes:
       if self.num_frames:
         raise ValueError(f"scenes configs are stills: num_frames must be 0, got {self.num_frames!r}")
@@ -101,6 +115,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticExpressionsConfig(
           name="sequences", description="16-frame 48x48 grey clips neutral -> apex, 2000/300/300.",
           num_frames=16, train_size=2000, validation_size=300, test_size=300, chunk_size=64),
+      SyntheticExpressionsConfig(
+          name="sequences_tracked", description=("The sequences clips with tracked landmarks: error 0.05 "
+                                                 "inter-ocular distances, x2 on the jaw, AR(1) over frames."),
+          num_frames=16, train_size=2000, validation_size=300, test_size=300, chunk_size=64,
+          tracking_noise=0.05),
       SyntheticExpressionsConfig(
           name="scenes", description=("People in scenes with EMOTIC-style labels: 96x96 context, "
                                       "64x64 body crop, 26 categories, VAD; 8000/1000/1000."),
@@ -195,7 +214,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                                cfg.body_size, chunk=count)
       elif cfg.num_frames:
         batch = synthetic.sample_sequences(cfg.seed, split, start, count, cfg.num_frames,
-                                           cfg.image_size, cfg.channels, hold=cfg.hold)
+                                           cfg.image_size, cfg.channels, hold=cfg.hold,
+                                           tracking_noise=cfg.tracking_noise,
+                                           intensity_scale=cfg.intensity_scale)
       else:
         batch = synthetic.sample_examples(cfg.seed, split, start, count, cfg.image_size,
                                           cfg.channels)

@@ -64,6 +64,19 @@ def test_small_sequence_config_builds_and_reads_back_renderer_output(tmp_path):
     _assert_record_equals(sources["train"][i], expected, i)
 
 
+def test_tracked_sequence_config_stores_the_tracker_landmarks(tmp_path):
+  cfg = SyntheticExpressionsConfig(name="tiny_tracked", image_size=16, num_frames=4, train_size=3,
+                                   validation_size=0, test_size=0, seed=2, chunk_size=2, tracking_noise=0.05,
+                                   intensity_scale=0.8)
+  _, sources = _build_and_read(tmp_path, cfg)
+  expected = synthetic.sample_sequences(2, "train", 0, 3, num_frames=4, size=16, tracking_noise=0.05,
+                                        intensity_scale=0.8)
+  exact = synthetic.sample_sequences(2, "train", 0, 3, num_frames=4, size=16, intensity_scale=0.8)
+  assert np.abs(expected["landmarks"] - exact["landmarks"]).max() > 0.1
+  for i in range(3):
+    _assert_record_equals(sources["train"][i], expected, i)
+
+
 def test_small_scenes_config_builds_and_reads_back_renderer_output(tmp_path):
   cfg = SyntheticExpressionsConfig(name="tiny_scenes", scenes=True, context_size=32, body_size=16,
                                    train_size=6, validation_size=3, test_size=0, seed=2, chunk_size=4)
@@ -103,6 +116,8 @@ def test_registered_configs():
   s = configs["sequences"]
   assert (s.image_size, s.channels, s.num_frames) == (48, 1, 16)
   assert (s.train_size, s.validation_size, s.test_size) == (2000, 300, 300)
+  t = configs["sequences_tracked"]
+  assert (t.num_frames, t.train_size, t.test_size, t.tracking_noise, t.intensity_scale) == (16, 2000, 300, 0.05, 1)
   sc = configs["scenes"]
   assert (sc.scenes, sc.context_size, sc.body_size, sc.num_frames) == (True, 96, 64, 0)
   assert (sc.train_size, sc.validation_size, sc.test_size) == (8000, 1000, 1000)
@@ -126,3 +141,7 @@ def test_bad_config_raises():
     SyntheticExpressionsConfig(name="bad", scenes=True, context_size=8)
   with pytest.raises(ValueError, match="body_size must be a non-negative int, got -2"):
     SyntheticExpressionsConfig(name="bad", scenes=True, body_size=-2)
+  with pytest.raises(ValueError, match="tracking_noise must be in .0, 1. inter-ocular distances, got 1.5"):
+    SyntheticExpressionsConfig(name="bad", num_frames=4, tracking_noise=1.5)
+  with pytest.raises(ValueError, match="tracking_noise / intensity_scale apply to clips"):
+    SyntheticExpressionsConfig(name="bad", tracking_noise=0.05)
