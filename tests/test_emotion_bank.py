@@ -525,3 +525,20 @@ def test_latency_functions_packed_bank_equals_each_float_member(clips):
   np.testing.assert_allclose(np.asarray(fns["bank"]()), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(fns["bank_packed"]()), want, rtol=1e-5, atol=1e-5)
   assert sorted(pruning.latency_functions([_member("temo")], raw)) == ["bank", "model"]
+
+
+def test_cli_prune_with_explain_does_both(monkeypatch, capsys):
+  """--prune with --explain: the pruning levels, then the full bank's IG heat maps (nothing retrained)."""
+  calls = []
+  monkeypatch.setattr(pruning, "run_pruning", lambda *a, **k: calls.append("prune") or {"markdown": "PRUNED"})
+  monkeypatch.setattr(bank, "run_bank", lambda *a, **k: calls.append("bank") or {
+      "report": {"complete": True, "markdown": "BANK", "variant": "temo"}, "bank_dir": "/nowhere"})
+  monkeypatch.setattr(explain, "load_bank", lambda d: None)
+  monkeypatch.setattr(explain, "explain_bank", lambda d, **k: calls.append(("explain", k["split"])) or {
+      "markdown": "EXPLAINED"})
+  argv = ["--config", SYNTH + ":arch=temo,size=tiny", "--workdir", "/nowhere", "--prune=68,34"]
+  assert bank.main(argv + ["--explain"]) == 0
+  assert calls == ["prune", "bank", ("explain", "test")]
+  assert "PRUNED" in capsys.readouterr().out
+  calls.clear()
+  assert bank.main(argv) == 0 and calls == ["prune"]

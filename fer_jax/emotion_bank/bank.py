@@ -360,7 +360,9 @@ def main(argv=None) -> int:
     if "preempted" in out:
       return 1
     print(out["markdown"])
-    return 0
+    if not (args.explain or args.afew_va):
+      return 0
+    sigmas = None  # the pruning table has the full bank's noise rows; explain it below (nothing retrained)
   out = run_bank(args.config, args.workdir, args.emotions, overrides=overrides)
   if "preempted" in out:
     return 1

@@ -59,7 +59,8 @@ Paper says / we chose:
                                    then one LSTM layer; sizes below (the paper gives none)
   R-EMO: random frozen conv        ``random_front_end`` + ``FRONT_END_FROZEN``; BN trainable
   weights; T-EMO: all trained
-  (brief) binarized layers, STE    ``binary=True`` (above); LSTM and head float
+  (brief) binarized layers, STE    ``binary=True`` (above); LSTM and head float, or
+                                   ``binary_lstm=True``: the LSTM's products binarized too
   ===============================  ===========================================================
 
 Sizes (``SIZES``: conv_features, conv_kernel, conv_strides, frame_features, lstm_hidden):
