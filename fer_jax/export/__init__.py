@@ -245,6 +245,12 @@ def export(predictor, format: str = "tflite", output: Optional[str] = None, int8
   if not passed and strict and enforced:
     raise ExportCheckError(f"The exported model fails its check against JAX, so {output} was not written "
                            f"(pass strict=False / --no_strict to write it anyway):\n{report.summary()}", report)
+  return write_checked(model, output, report, overwrite=overwrite, verbose=verbose)
+
+
+def write_checked(model: bytes, output: str, report, *, overwrite: bool, verbose: bool):
+  """Writes a checked export atomically (a temporary file renamed into place: an interrupted write leaves
+  any old ``output`` whole); marks ``report.written`` and prints its summary when ``verbose``."""
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   tmp = f"{output}.tmp-{os.getpid()}"
   try:

@@ -369,18 +369,4 @@ def export_run(run: Any, format: str = "tflite", output: Optional[str] = None, i
     raise export_lib.ExportCheckError(
         f"The exported model fails its check against JAX, so {output} was not written (pass strict=False / "
         f"--no_strict to write it anyway):\n{report.summary()}", report)
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  tmp = f"{output}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(model)
-    if os.path.exists(output) and not overwrite:  # appeared while converting
-      raise FileExistsError(f"output={output!r} appeared while exporting; pass overwrite=True to replace it")
-    os.replace(tmp, output)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  report.written = True
-  if verbose:
-    print(report.summary(), flush=True)
-  return report
+  return export_lib.write_checked(model, output, report, overwrite=overwrite, verbose=verbose)
