@@ -63,6 +63,28 @@ RTOL64 = 1e-9  # float64 parity: relative to the largest reference magnitude (ro
 U32 = 2.0 ** -24  # float32 unit roundoff: |fl32(a) - a| <= U32 |a|
 
 
+def random_variables(shapes: Any, seed: int = 0) -> Any:
+  """Random variables of a model's shapes (``jax.eval_shape`` of its init: no init compile), so that every
+  term of a forward pass is exercised: kernels N(0, 1 / fan_in), BatchNorm variances and scales U[0.5, 1.5],
+  means and biases N(0, 0.3^2). Leaves are named by the last key of their path."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(seed)
+
+  def fill(path, a):
+    name = path[-1].key
+    if name in ("var", "scale"):
+      value = rng.uniform(0.5, 1.5, a.shape)
+    elif name in ("mean", "bias"):
+      value = rng.normal(0, 0.3, a.shape)
+    else:
+      value = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
+    return jnp.asarray(value, a.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+
+
 def to_float64(tree: Any) -> Any:
   """Every leaf of ``tree`` as a float64 NumPy array (weights for float64 parity runs)."""
   import jax

@@ -97,3 +97,10 @@ def test_bank_config_and_variant_name():
   assert dict(c.model.backbone) == {"name": "landmark_cnn_lstm", "size": "tiny", "binary": True, "binary_lstm": True}
   assert c.optimizer.no_decay_regex == "latent_kernel" and c.dataset.name == "synthetic_expressions/sequences_tracked"
   assert members.variant_name(c) == "binary_lstm"
+
+
+def test_pack_binary_lstm_names_missing_params():
+  p = _params(4, 2, 0)
+  del p["recurrent"]
+  with pytest.raises(ValueError, match=r"no \['recurrent'\]; they hold \['bias', 'input', 'scale_h', 'scale_x'\]"):
+    binary_lstm.pack_binary_lstm(p)

@@ -16,6 +16,7 @@ import pytest
 
 from fer_jax import config_utils
 from fer_jax.data import synthetic
+from fer_jax.testing import random_variables
 from fer_jax.emotion_bank import bank, calibration, compute, explain, members, pruning, report, robustness
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -297,19 +298,7 @@ def _member(arch="temo", frames=8, seed=0):
   m = members.Member.from_config(c, None)
   x = jnp.zeros((1, frames, 68, 4))
   shapes = jax.eval_shape(lambda: m.model.init(jax.random.key(seed), train=False, landmarks=x))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    name = path[-1].key
-    if name in ("var", "scale"):
-      value = rng.uniform(0.5, 1.5, a.shape)
-    elif name in ("mean", "bias"):
-      value = rng.normal(0, 0.3, a.shape)
-    else:
-      value = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
-    return jnp.asarray(value, a.dtype)
-
-  return members.Member.from_config(c, jax.tree_util.tree_map_with_path(fill, dict(shapes)))
+  return members.Member.from_config(c, random_variables(shapes, seed))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from fer_jax.evaluators.binary import binary_scores
 from fer_jax.layers import binary_inference as bi
 from fer_jax.models import composite
 from fer_jax.models import landmark_lstm as ll
+from fer_jax.testing import random_variables
 from fer_jax.train import optim, sharding, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -112,19 +113,7 @@ def _variables(model, x, seed=0):
   """Random variables of the model's shapes (no init compile): kernels N(0, 1 / fan_in), random BN
   statistics and affine parameters, random biases, so that every term is exercised."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), train=False, landmarks=x))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    name = path[-1].key
-    if name in ("var", "scale"):
-      value = rng.uniform(0.5, 1.5, a.shape)
-    elif name in ("mean", "bias"):
-      value = rng.normal(0, 0.3, a.shape)
-    else:
-      value = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
-    return jnp.asarray(value, a.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+  return random_variables(shapes, seed)
 
 
 CASES = [  # (backbone fields, input shape (B, T, L, C))

@@ -220,14 +220,23 @@ def face_heatmap_figure(face, panels: Sequence[Tuple[str, np.ndarray]], suptitle
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   face = np.asarray(face, np.float64)
-  cols = 3
-  rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), dpi=110, squeeze=False)
+  fig, axes = _panel_grid(plt, len(panels), 3.2)
   tops = [top] * len(panels) if isinstance(top, int) else list(top)
   for ax, (title, values), n in zip(axes.flat, panels, tops):
     _draw_face(ax, face, values, title, top=n, size=size)
     ax.invert_yaxis()
-  for ax in list(axes.flat)[len(panels):]:
+  return _finish_grid(fig, axes, len(panels), suptitle)
+
+
+def _panel_grid(plt, n: int, height: float, cols: int = 3):
+  """A figure of ``n`` panels, ``cols`` per row, each 3.0 x ``height`` inches."""
+  rows = -(-n // cols)
+  return plt.subplots(rows, cols, figsize=(3.0 * cols, height * rows), dpi=110, squeeze=False)
+
+
+def _finish_grid(fig, axes, n: int, suptitle: str):
+  """Blanks the unused panels, adds the title, tightens the layout."""
+  for ax in list(axes.flat)[n:]:
     ax.axis("off")
   if suptitle:
     fig.suptitle(suptitle, fontsize=9)
@@ -253,9 +262,7 @@ def real_face_heatmap_figure(image, landmarks, panels: Sequence[Tuple[str, np.nd
     x1, y1 = np.minimum(hi + pad, [img.shape[1] - 1, img.shape[0] - 1]).astype(int)
     crop = img[y0:y1 + 1, x0:x1 + 1]
   pts = lm - [x0, y0]
-  cols = 3
-  rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), dpi=110, squeeze=False)
+  fig, axes = _panel_grid(plt, len(panels), 3.3)
   for ax, (title, values) in zip(axes.flat, panels):
     if crop is None:
       _draw_face(ax, pts, values, title, size=160.0)
@@ -264,12 +271,7 @@ def real_face_heatmap_figure(image, landmarks, panels: Sequence[Tuple[str, np.nd
     else:
       ax.imshow(crop, cmap="gray" if crop.ndim == 2 else None)
       _draw_face(ax, pts, values, title, size=160.0, colour="w")
-  for ax in list(axes.flat)[len(panels):]:
-    ax.axis("off")
-  if suptitle:
-    fig.suptitle(suptitle, fontsize=9)
-  fig.tight_layout()
-  return fig
+  return _finish_grid(fig, axes, len(panels), suptitle)
 
 
 def _save_figure(fig, path: str) -> str:
